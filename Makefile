@@ -1,0 +1,48 @@
+# Everything a fresh machine needs comes from here: venv, packages, model weights, Prometheus.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export U2NET_HOME ?= $(CURDIR)/.models
+MODEL ?= u2netp
+PYTEST_ARGS ?=
+
+.PHONY: install model system-deps dev test lint typecheck bench clean
+
+$(BIN)/image-worker: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	touch $@
+
+install: $(BIN)/image-worker model
+
+model: $(BIN)/image-worker
+	$(BIN)/image-worker models fetch $(MODEL)
+
+# Debian packages the tests run against (real Prometheus and promtool).
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+## The main job on an embedded local stack (moto SQS/S3, local or embedded PostgreSQL).
+dev: install
+	$(BIN)/image-worker dev
+
+## The whole test suite (what .ci/run calls).
+test: install system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""Lifecycle: one AsyncExitStack opens everything in order (metrics/health server, database pool,
+AWS clients, thread pools, model) and closes it in reverse. Whoever opens a resource closes it."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+
+import aioboto3
+import asyncpg
+import structlog
+from aiobotocore.config import AioConfig
+
+from worker.consumer import Consumer
+from worker.health import HealthServer, HealthState
+from worker.inference import ModelRunner
+from worker.metrics import WorkerMetrics
+from worker.pipeline import JobProcessor
+from worker.settings import Settings
+from worker.store import JobStore
+
+log = structlog.get_logger(__name__)
+
+
+def aws_config(settings: Settings) -> AioConfig:
+    return AioConfig(
+        region_name=settings.aws_region,
+        connect_timeout=5,
+        read_timeout=settings.wait_time_seconds + 15,  # longer than a long poll
+        retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=max(10, settings.concurrency * 2),
+    )
+
+
+class WorkerApp:
+    """Runs until `stop` is set, then drains and closes. `ready` is set once the first receive
+    can happen (model warm, clients open); `port` is the bound metrics port."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.health = HealthState(stale_after=settings.health_stale_seconds)
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.port: int | None = None
+        self.provider: str | None = None
+
+    async def run(self) -> None:
+        settings = self.settings
+        log.info("worker starting", worker_id=settings.worker_id, concurrency=settings.concurrency)
+        async with AsyncExitStack() as stack:
+            server = await stack.enter_async_context(
+                HealthServer(
+                    settings.metrics_host, settings.metrics_port, self.metrics, self.health
+                )
+            )
+            self.port = server.port
+            pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                command_timeout=30,
+                max_inactive_connection_lifetime=300,
+            )
+            stack.push_async_callback(pool.close)
+            store = JobStore(pool, settings.worker_id)
+            self.health.database_ping = store.ping
+
+            session = aioboto3.Session()
+            endpoint = settings.aws_endpoint_url
+            sqs = await stack.enter_async_context(
+                session.client("sqs", endpoint_url=endpoint, config=aws_config(settings))
+            )
+            s3 = await stack.enter_async_context(
+                session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
+            )
+            cpu_pool = stack.enter_context(
+                ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
+            )
+            model = await asyncio.get_running_loop().run_in_executor(
+                cpu_pool, ModelRunner.load, settings
+            )
+            stack.callback(model.close)
+            self.provider = model.provider
+            self.metrics.model_load_seconds.set(model.load_seconds)
+            self.metrics.model_info.info({"model": model.model_name, "provider": model.provider})
+            self.health.model_loaded = True
+
+            processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
+            consumer = Consumer(
+                settings, sqs, store, processor, self.metrics, on_poll=self.health.polled
+            )
+            self.ready.set()
+            log.info("worker ready", metrics_port=self.port, provider=model.provider)
+            await consumer.run(self.stop)
+        log.info("worker stopped")

@@ -1,0 +1,116 @@
+"""Decode and encode stages: bytes in, pixels out, and back. Pure CPU work, run off the loop.
+
+Decoding applies EXIF orientation, takes the first frame of animations, converts every mode the
+model cannot read (CMYK, palette, grayscale, 16-bit, alpha) to 8-bit RGB, and enforces byte and
+pixel limits before any pixel is decompressed."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+from worker.errors import permanent
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+
+# The limits are ours (MAX_IMAGE_PIXELS); Pillow's own bomb check stays as a backstop.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    rgb: Image.Image  # 8-bit RGB, upright
+    alpha: Image.Image | None  # the source's own transparency, if it had any
+    source_format: str
+
+
+def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    if not data:
+        raise permanent("empty_object", "source object is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise permanent(
+            "too_many_bytes", f"source is {len(data)} bytes, over MAX_IMAGE_BYTES={max_bytes}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise permanent(
+            "not_an_image", f"source is not a supported image ({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise permanent("corrupt_image", f"source image cannot be read: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise permanent(
+            "too_many_pixels",
+            f"image is {width}x{height} ({width * height} pixels),"
+            f" over MAX_IMAGE_PIXELS={max_pixels}",
+        )
+    if width < 1 or height < 1:
+        raise permanent("corrupt_image", f"image has no pixels ({width}x{height})")
+    source_format = image.format or "unknown"
+    try:
+        image.seek(0)  # first frame of an animation
+        image.load()
+        rgb, alpha = _to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise permanent("corrupt_image", f"source image cannot be decoded: {exc}") from None
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit_gray(image)
+        mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode in ("L", "1") and "transparency" in image.info:
+        image = image.convert("LA")
+    mode = image.mode
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        # The colour under transparent pixels is arbitrary: show the model a white backdrop.
+        backdrop = Image.new("RGB", rgba.size, (255, 255, 255))
+        backdrop.paste(rgba, mask=alpha)
+        return backdrop, alpha
+    if mode != "RGB":
+        image = image.convert("RGB")  # CMYK (Pillow undoes Adobe inversion), YCbCr, LAB, L, 1
+    return image, None
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    """Scale 16-bit and 32-bit grayscale to 8 bits over its real range; Pillow would clip."""
+    pixels = np.asarray(image)
+    if pixels.dtype.kind == "f":
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        scale = 255.0 / (high - low) if high > low else 0.0
+        scaled = (np.nan_to_num(pixels, nan=low) - low) * scale
+    else:
+        top = 65535.0 if pixels.max(initial=0) > 255 or "16" in image.mode else 255.0
+        scaled = pixels.astype(np.float32) * (255.0 / top)
+    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def cut_out(decoded: DecodedImage, mask: Image.Image) -> Image.Image:
+    """The source pixels with the mask as alpha (straight alpha, no colour darkening at edges).
+    Pixels that were transparent in the source stay transparent."""
+    alpha = mask if decoded.alpha is None else ImageChops.darker(mask, decoded.alpha)
+    result = decoded.rgb.copy()
+    result.putalpha(alpha)
+    return result
+
+
+def encode_png(image: Image.Image, *, compress_level: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()

@@ -1,0 +1,109 @@
+"""The job row and the SQS message: the contract shared by the worker and the producer.
+
+Imports nothing heavy, so `api_client` can use it without pulling in the model runtime."""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+MESSAGE_VERSION = 1
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    QUEUE_FAILED = "queue_failed"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: uuid.UUID
+    book_id: str | None
+    source_bucket: str
+    source_key: str
+    result_bucket: str | None
+    result_key: str | None
+    status: JobStatus
+    attempts: int
+    error: str | None
+    model: str | None
+    claimed_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: Any) -> Job:
+        return cls(
+            id=record["id"],
+            book_id=record["book_id"],
+            source_bucket=record["source_bucket"],
+            source_key=record["source_key"],
+            result_bucket=record["result_bucket"],
+            result_key=record["result_key"],
+            status=JobStatus(record["status"]),
+            attempts=record["attempts"],
+            error=record["error"],
+            model=record["model"],
+            claimed_by=record["claimed_by"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+            started_at=record["started_at"],
+            completed_at=record["completed_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "book_id": self.book_id,
+            "source": f"s3://{self.source_bucket}/{self.source_key}",
+            "result": f"s3://{self.result_bucket}/{self.result_key}" if self.result_key else None,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "error": self.error,
+            "model": self.model,
+            "claimed_by": self.claimed_by,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+        }
+
+
+JOB_COLUMNS = (
+    "id, book_id, source_bucket, source_key, result_bucket, result_key, status, attempts, error,"
+    " model, claimed_by, created_at, updated_at, started_at, completed_at"
+)
+
+
+class MalformedMessage(ValueError):
+    """The message body is not a job pointer; there is no row to fail."""
+
+
+def encode_message(job_id: uuid.UUID) -> str:
+    return json.dumps({"job_id": str(job_id), "v": MESSAGE_VERSION})
+
+
+def decode_message(body: str) -> uuid.UUID:
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise MalformedMessage(f"body is not JSON: {exc.msg}") from exc
+    if not isinstance(payload, dict) or "job_id" not in payload:
+        raise MalformedMessage('body has no "job_id"')
+    try:
+        return uuid.UUID(str(payload["job_id"]))
+    except ValueError as exc:
+        raise MalformedMessage(f"job_id {payload['job_id']!r} is not a UUID") from exc

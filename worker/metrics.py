@@ -1,0 +1,137 @@
+"""Prometheus metrics. One registry per worker instance, so several workers in one process
+(tests) never share counters. Names follow DESIGN.md: `image_worker_` prefix, seconds and
+bytes, `_total` counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# Stage times range from milliseconds (decode of a thumbnail) to tens of seconds (CPU inference of
+# a huge photo behind a backlog).
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+STAGES = ("claim", "download", "decode", "inference", "encode", "upload", "complete")
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.jobs = Counter(
+            "image_worker_jobs",
+            "Jobs finished by this worker, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "image_worker_job_failures",
+            "Job attempts that failed, by kind (permanent/transient) and reason code.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "image_worker_stage_duration_seconds",
+            "Time spent in each pipeline stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "image_worker_job_duration_seconds",
+            "Time from claim to result recorded, for completed jobs.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "image_worker_end_to_end_seconds",
+            "Time from message sent to job completed.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "image_worker_jobs_in_flight", "Messages being worked on now.", registry=r
+        )
+        self.concurrency = Gauge(
+            "image_worker_concurrency_limit", "Configured WORKER_CONCURRENCY.", registry=r
+        )
+        self.messages_received = Counter(
+            "image_worker_messages_received", "SQS messages received.", registry=r
+        )
+        self.empty_receives = Counter(
+            "image_worker_empty_receives", "Long polls that returned no message.", registry=r
+        )
+        self.receive_errors = Counter(
+            "image_worker_receive_errors", "ReceiveMessage calls that failed.", registry=r
+        )
+        self.malformed_messages = Counter(
+            "image_worker_malformed_messages", "Messages deleted for a malformed body.", registry=r
+        )
+        self.visibility_extensions = Counter(
+            "image_worker_visibility_extensions",
+            "Visibility-timeout extensions sent for in-flight messages.",
+            registry=r,
+        )
+        self.deletes = Counter(
+            "image_worker_messages_deleted", "Messages deleted from the queue.", registry=r
+        )
+        self.bytes_processed = Counter(
+            "image_worker_bytes",
+            "Image bytes read from and written to S3.",
+            ["direction"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "image_worker_model_load_seconds",
+            "Seconds taken to load the model and run its warm-up inference.",
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "image_worker_inference_seconds",
+            "Model run time per image (inside the inference thread).",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Info(
+            "image_worker_model", "Model and ONNX Runtime execution provider in use.", registry=r
+        )
+        self.last_poll = Gauge(
+            "image_worker_last_poll_timestamp_seconds",
+            "Unix time of the last completed receive call.",
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "image_worker_dependency_up",
+            "1 when the last call to a dependency succeeded, else 0.",
+            ["dependency"],
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for outcome in ("completed", "failed", "retried", "skipped"):
+            self.jobs.labels(outcome)
+        for dependency in ("database", "sqs", "s3"):
+            self.dependency_up.labels(dependency).set(1)
+        self.bytes_processed.labels("in")
+        self.bytes_processed.labels("out")
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage).observe(time.perf_counter() - started)

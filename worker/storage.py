@@ -1,0 +1,51 @@
+"""S3 stages: download the source, upload the cut-out. Errors are classified here, where the
+S3 error codes are known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from worker.errors import permanent, transient
+
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+NO_BUCKET_CODES = {"NoSuchBucket"}
+
+
+async def download(s3: Any, bucket: str, key: str, *, max_bytes: int) -> bytes:
+    try:
+        response = await s3.get_object(Bucket=bucket, Key=key)
+        async with response["Body"] as body:
+            size = int(response.get("ContentLength") or 0)
+            if size > max_bytes:
+                raise permanent(
+                    "too_many_bytes",
+                    f"s3://{bucket}/{key} is {size} bytes, over MAX_IMAGE_BYTES={max_bytes}",
+                )
+            data: bytes = await body.read()
+            return data
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in MISSING_CODES:
+            raise permanent(
+                "missing_object", f"source s3://{bucket}/{key} does not exist"
+            ) from None
+        if code in NO_BUCKET_CODES:
+            raise permanent("missing_bucket", f"source bucket {bucket!r} does not exist") from None
+        raise transient("s3_error", f"download s3://{bucket}/{key}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise transient("s3_unreachable", f"download s3://{bucket}/{key}: {exc}") from exc
+
+
+async def upload(s3: Any, bucket: str, key: str, data: bytes, *, job_id: str) -> None:
+    try:
+        await s3.put_object(
+            Bucket=bucket, Key=key, Body=data, ContentType="image/png", Metadata={"job-id": job_id}
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        # A missing result bucket is a deployment fault the operator can fix: retry, then DLQ.
+        raise transient("s3_error", f"upload s3://{bucket}/{key}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise transient("s3_unreachable", f"upload s3://{bucket}/{key}: {exc}") from exc
