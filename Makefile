@@ -7,7 +7,7 @@ export U2NET_HOME ?= $(CURDIR)/.models
 MODEL ?= u2netp
 PYTEST_ARGS ?=
 
-.PHONY: install model system-deps dev test lint typecheck bench clean
+.PHONY: install model system-deps tools dev test lint typecheck bench clean
 
 $(BIN)/image-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,19 @@ system-deps:
 	  echo "installing Debian's prometheus package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+# checkov (terraform checks) in its own venv: its pins conflict with the project's botocore.
+CHECKOV := .tools/checkov/bin/checkov
+tools: $(CHECKOV)
+$(CHECKOV):
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install -q checkov
+
 ## The main job on an embedded local stack (moto SQS/S3, local or embedded PostgreSQL).
 dev: install
 	$(BIN)/image-worker dev
 
 ## The whole test suite (what .ci/run calls).
-test: install system-deps
+test: install system-deps tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint:
