@@ -6,16 +6,18 @@ import asyncio
 import io
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
 
 from api_client.client import JobClient
 from tests.conftest import Aws, StartWorker
-from tests.helpers import iou, png_alpha, scrape, synthetic_scene, wait_finished
+from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
 from worker.devstack import sample_photos
 from worker.jobs import JobStatus
 
@@ -94,8 +96,6 @@ async def test_duplicate_message_for_completed_job_is_dropped_without_work(
     async def skipped() -> bool:
         return (await scrape(worker.url))['image_worker_jobs_total{outcome="skipped"}'] == 1
 
-    from tests.helpers import eventually
-
     await eventually(skipped, timeout=30)
     again = await producer.get_job(job.id)
     assert again is not None
@@ -165,3 +165,26 @@ async def test_inject_cli_waits_for_outcomes(
     outcomes = [line.split()[1] for line in lines[2:]]
     assert outcomes == ["completed", "failed"], lines
     assert "not a supported image" in lines[3]
+
+
+async def test_queue_and_job_gauges_follow_the_queue_and_table(
+    start_worker: StartWorker, aws: Aws, db: asyncpg.Pool
+) -> None:
+    worker = await start_worker(QUEUE_STATS_INTERVAL_SECONDS="0.5")
+    await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody='{"job_id": "dead"}')
+    await db.execute(
+        """INSERT INTO image_processing_jobs (id, source_bucket, source_key, created_at)
+           VALUES ($1, 'b', 'k', now() - interval '5 minutes')""",
+        uuid.uuid4(),
+    )
+
+    async def gauges() -> dict[str, float] | None:
+        metrics = await scrape(worker.url)
+        seen = metrics['image_worker_queue_messages{queue="dlq",state="visible"}'] == 1
+        return (
+            metrics if seen and metrics['image_worker_open_jobs{status="pending"}'] == 1 else None
+        )
+
+    metrics = await eventually(gauges, timeout=20)
+    assert metrics['image_worker_queue_messages{queue="main",state="visible"}'] == 0
+    assert 290 < metrics["image_worker_oldest_pending_job_age_seconds"] < 400

@@ -17,6 +17,7 @@ from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
 from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
+from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
 from worker.store import JobStore
 
@@ -91,7 +92,13 @@ class WorkerApp:
             consumer = Consumer(
                 settings, sqs, store, processor, self.metrics, on_poll=self.health.polled
             )
+            poller = QueueStatsPoller(settings, sqs, pool, self.metrics)
             self.ready.set()
             log.info("worker ready", metrics_port=self.port, provider=model.provider)
-            await consumer.run(self.stop)
+            polling = asyncio.create_task(poller.run(), name="queue-stats")
+            try:
+                await consumer.run(self.stop)
+            finally:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
         log.info("worker stopped")

@@ -119,6 +119,23 @@ class WorkerMetrics:
             ["dependency"],
             registry=r,
         )
+        self.queue_messages = Gauge(
+            "image_worker_queue_messages",
+            "Messages in the job queue and its DLQ by state (fleet-wide: aggregate with max).",
+            ["queue", "state"],
+            registry=r,
+        )
+        self.open_jobs = Gauge(
+            "image_worker_open_jobs",
+            "Job rows not yet finished, by status (fleet-wide: aggregate with max).",
+            ["status"],
+            registry=r,
+        )
+        self.oldest_pending_age = Gauge(
+            "image_worker_oldest_pending_job_age_seconds",
+            "Age of the oldest pending job row (fleet-wide: aggregate with max).",
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for outcome in ("completed", "failed", "retried", "skipped"):

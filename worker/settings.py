@@ -57,6 +57,7 @@ class Settings:
     log_format: str
     log_level: str
     ecs_agent_uri: str | None
+    queue_stats_interval_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -102,6 +103,9 @@ class Settings:
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
             ecs_agent_uri=reader.optional("ECS_AGENT_URI", prefix=("http://", "https://")),
+            queue_stats_interval_seconds=reader.number(
+                "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
+            ),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
