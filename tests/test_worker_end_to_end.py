@@ -180,10 +180,9 @@ async def test_queue_and_job_gauges_follow_the_queue_and_table(
 
     async def gauges() -> dict[str, float] | None:
         metrics = await scrape(worker.url)
-        seen = metrics['image_worker_queue_messages{queue="dlq",state="visible"}'] == 1
-        return (
-            metrics if seen and metrics['image_worker_open_jobs{status="pending"}'] == 1 else None
-        )
+        seen = metrics.get('image_worker_queue_messages{queue="dlq",state="visible"}') == 1
+        pending = metrics.get('image_worker_open_jobs{status="pending"}') == 1
+        return metrics if seen and pending else None
 
     metrics = await eventually(gauges, timeout=20)
     assert metrics['image_worker_queue_messages{queue="main",state="visible"}'] == 0
