@@ -62,7 +62,10 @@ async def scrape(url: str) -> dict[str, float]:
 
 
 def synthetic_scene(
-    size: tuple[int, int] = (640, 480), *, seed: int = 0
+    size: tuple[int, int] = (640, 480),
+    *,
+    seed: int = 0,
+    box: tuple[float, float, float, float] = (0.3, 0.2, 0.7, 0.85),
 ) -> tuple[bytes, np.ndarray]:
     """A product-photo-like scene: one solid, shaded object on a plain light backdrop.
     Returns JPEG bytes and the true foreground mask (bool, H x W)."""
@@ -70,8 +73,8 @@ def synthetic_scene(
     width, height = size
     backdrop = Image.new("RGB", size, (236, 234, 228))
     truth = Image.new("L", size, 0)
-    box = (int(width * 0.3), int(height * 0.2), int(width * 0.7), int(height * 0.85))
-    ImageDraw.Draw(truth).rounded_rectangle(box, radius=min(width, height) // 12, fill=255)
+    corners = (int(width * box[0]), int(height * box[1]), int(width * box[2]), int(height * box[3]))
+    ImageDraw.Draw(truth).rounded_rectangle(corners, radius=min(width, height) // 12, fill=255)
     colour = tuple(int(c) for c in rng.integers(30, 140, size=3))
     shaded = Image.new("RGB", size, colour)
     gradient = Image.linear_gradient("L").resize(size).filter(ImageFilter.GaussianBlur(4))

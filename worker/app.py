@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import aioboto3
+import aiohttp
 import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
@@ -17,6 +18,7 @@ from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
 from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
+from worker.protection import TaskProtection
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
 from worker.store import JobStore
@@ -88,17 +90,31 @@ class WorkerApp:
             self.metrics.model_info.info({"model": model.model_name, "provider": model.provider})
             self.health.model_loaded = True
 
+            background = [QueueStatsPoller(settings, sqs, pool, self.metrics).run()]
+            protection: TaskProtection | None = None
+            if settings.ecs_agent_uri:
+                http = await stack.enter_async_context(aiohttp.ClientSession())
+                protection = TaskProtection(settings.ecs_agent_uri, http)
+                stack.push_async_callback(protection.release)
+                background.append(protection.run())
+
             processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
             consumer = Consumer(
-                settings, sqs, store, processor, self.metrics, on_poll=self.health.polled
+                settings,
+                sqs,
+                store,
+                processor,
+                self.metrics,
+                on_poll=self.health.polled,
+                on_busy=protection.set_busy if protection else lambda busy: None,
             )
-            poller = QueueStatsPoller(settings, sqs, pool, self.metrics)
             self.ready.set()
             log.info("worker ready", metrics_port=self.port, provider=model.provider)
-            polling = asyncio.create_task(poller.run(), name="queue-stats")
+            tasks = [asyncio.create_task(coroutine) for coroutine in background]
             try:
                 await consumer.run(self.stop)
             finally:
-                polling.cancel()
-                await asyncio.gather(polling, return_exceptions=True)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         log.info("worker stopped")

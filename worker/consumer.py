@@ -46,6 +46,7 @@ class Consumer:
         processor: JobProcessor,
         metrics: WorkerMetrics,
         on_poll: Callable[[bool], None] = lambda ok: None,
+        on_busy: Callable[[bool], None] = lambda busy: None,
     ) -> None:
         self.settings = settings
         self.sqs = sqs
@@ -53,6 +54,7 @@ class Consumer:
         self.processor = processor
         self.metrics = metrics
         self.on_poll = on_poll
+        self.on_busy = on_busy
         self.in_flight: dict[str, InFlight] = {}
         self._slot_freed = asyncio.Event()
         self._delete_queue: asyncio.Queue[InFlight] = asyncio.Queue()
@@ -132,6 +134,7 @@ class Consumer:
         entry = InFlight(message["MessageId"], message["ReceiptHandle"])
         self.in_flight[entry.message_id] = entry
         self.metrics.in_flight.set(len(self.in_flight))
+        self.on_busy(True)
         entry.task = asyncio.create_task(self._handle(entry, message), name=entry.message_id)
 
     async def _handle(self, entry: InFlight, message: dict[str, Any]) -> None:
@@ -172,6 +175,7 @@ class Consumer:
         self.in_flight.pop(entry.message_id, None)
         self.metrics.in_flight.set(len(self.in_flight))
         self._slot_freed.set()
+        self.on_busy(bool(self.in_flight))
 
     def _delete(self, entry: InFlight) -> None:
         entry.settled = True

@@ -63,8 +63,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         reader = _Reader(os.environ if environ is None else environ)
         concurrency = reader.integer("WORKER_CONCURRENCY", 4, low=1, high=256)
-        visibility = reader.integer("VISIBILITY_TIMEOUT_SECONDS", 60, low=10, high=43200)
-        heartbeat = reader.number("HEARTBEAT_INTERVAL_SECONDS", visibility / 3, low=1.0)
+        visibility = reader.integer("VISIBILITY_TIMEOUT_SECONDS", 60, low=2, high=43200)
+        heartbeat = reader.number("HEARTBEAT_INTERVAL_SECONDS", visibility / 3, low=0.5)
         if heartbeat >= visibility:
             reader.problems.append(
                 f"HEARTBEAT_INTERVAL_SECONDS={heartbeat:g} must be shorter than "
