@@ -1,0 +1,34 @@
+output "queue_url" {
+  description = "Job queue URL."
+  value       = module.image_worker.queue_url
+}
+
+output "ecr_repository_url" {
+  description = "Push the image here."
+  value       = module.image_worker.ecr_repository_url
+}
+
+output "cluster_name" {
+  description = "ECS cluster."
+  value       = module.image_worker.cluster_name
+}
+
+output "service_name" {
+  description = "ECS service."
+  value       = module.image_worker.service_name
+}
+
+output "database_url_secret_arn" {
+  description = "Put the PostgreSQL URL into this secret."
+  value       = module.image_worker.database_url_secret_arn
+}
+
+output "task_template_vars" {
+  description = "Input of deploy/ecs/deploy.py --vars."
+  value       = module.image_worker.task_template_vars
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic of the alarms (subscribe to it)."
+  value       = aws_sns_topic.alarms.arn
+}

@@ -1,0 +1,59 @@
+variable "region" {
+  type        = string
+  description = "AWS region."
+  default     = "us-east-1"
+}
+
+variable "environment" {
+  type        = string
+  description = "Environment name, part of every resource name."
+  default     = "prod"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]{1,15}$", var.environment))
+    error_message = "environment must be 2-16 lower-case letters and digits."
+  }
+}
+
+variable "vpc_id" {
+  type        = string
+  description = "Existing VPC."
+}
+
+variable "subnet_ids" {
+  type        = list(string)
+  description = "Private subnets of that VPC (NAT or VPC endpoints)."
+}
+
+variable "source_bucket" {
+  type        = string
+  description = "Bucket with the book photos."
+}
+
+variable "source_prefix" {
+  type        = string
+  description = "Key prefix of the photos."
+  default     = ""
+}
+
+variable "image_tag" {
+  type        = string
+  description = "Image tag of the first task definition revision."
+}
+
+variable "instance_type" {
+  type        = string
+  description = "GPU instance type."
+  default     = "g4dn.xlarge"
+}
+
+variable "max_tasks" {
+  type        = number
+  description = "Most GPU tasks (and instances) at once."
+  default     = 10
+
+  validation {
+    condition     = var.max_tasks >= 1 && var.max_tasks <= 100
+    error_message = "max_tasks must be between 1 and 100."
+  }
+}

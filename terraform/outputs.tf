@@ -1,0 +1,115 @@
+output "queue_url" {
+  description = "Job queue URL (SQS_QUEUE_URL of the worker and of the producers)."
+  value       = aws_sqs_queue.jobs.url
+}
+
+output "queue_arn" {
+  description = "Job queue ARN (grant producers sqs:SendMessage on it)."
+  value       = aws_sqs_queue.jobs.arn
+}
+
+output "dlq_url" {
+  description = "Dead-letter queue URL."
+  value       = aws_sqs_queue.dlq.url
+}
+
+output "dlq_arn" {
+  description = "Dead-letter queue ARN."
+  value       = aws_sqs_queue.dlq.arn
+}
+
+output "ecr_repository_url" {
+  description = "Where to push the image: <url>:<tag>."
+  value       = aws_ecr_repository.this.repository_url
+}
+
+output "cluster_name" {
+  description = "ECS cluster name (deploy.py --cluster)."
+  value       = aws_ecs_cluster.this.name
+}
+
+output "service_name" {
+  description = "ECS service name (deploy.py --service)."
+  value       = aws_ecs_service.worker.name
+}
+
+output "capacity_provider_name" {
+  description = "The GPU capacity provider."
+  value       = aws_ecs_capacity_provider.gpu.name
+}
+
+output "autoscaling_group_name" {
+  description = "The GPU Auto Scaling group."
+  value       = aws_autoscaling_group.gpu.name
+}
+
+output "task_definition_family" {
+  description = "Task definition family; deploy.py registers new revisions in it."
+  value       = aws_ecs_task_definition.worker.family
+}
+
+output "task_role_arn" {
+  description = "The worker's least-privilege task role."
+  value       = aws_iam_role.task.arn
+}
+
+output "execution_role_arn" {
+  description = "The ECS task execution role."
+  value       = aws_iam_role.execution.arn
+}
+
+output "log_group_name" {
+  description = "CloudWatch Logs group of the worker (and the sidecar)."
+  value       = aws_cloudwatch_log_group.worker.name
+}
+
+output "database_url_secret_arn" {
+  description = "Secrets Manager secret read into DATABASE_URL (put the URL there if the module created it)."
+  value       = local.database_url_secret_arn
+}
+
+output "tasks_security_group_id" {
+  description = "Security group of the tasks (allow it on the database's security group)."
+  value       = aws_security_group.tasks.id
+}
+
+output "backlog_per_task_target" {
+  description = "Messages per running task that target tracking holds (acceptable_wait_seconds / seconds_per_image)."
+  value       = local.backlog_per_task_target
+}
+
+output "amp_remote_write_url" {
+  description = "Amazon Managed Prometheus remote-write URL of the sidecar (empty when disabled)."
+  value       = local.amp_remote_write_url
+}
+
+output "task_template_vars" {
+  description = "Values for deploy/ecs/task-definition.json: `terraform output -json task_template_vars > deploy/ecs/vars.json`."
+  value = {
+    FAMILY                     = aws_ecs_task_definition.worker.family
+    CONTAINER_NAME             = local.container_name
+    REPOSITORY_URL             = aws_ecr_repository.this.repository_url
+    EXECUTION_ROLE_ARN         = aws_iam_role.execution.arn
+    TASK_ROLE_ARN              = aws_iam_role.task.arn
+    LOG_GROUP                  = aws_cloudwatch_log_group.worker.name
+    AWS_REGION                 = local.region
+    DATABASE_URL_SECRET_ARN    = local.database_url_secret_arn
+    SQS_QUEUE_URL              = aws_sqs_queue.jobs.url
+    RESULT_BUCKET              = local.result_bucket
+    RESULT_PREFIX              = var.result_prefix
+    WORKER_CONCURRENCY         = var.worker_concurrency
+    INFERENCE_THREADS          = var.inference_threads
+    MAX_ATTEMPTS               = var.max_receive_count
+    VISIBILITY_TIMEOUT_SECONDS = var.visibility_timeout_seconds
+    HEARTBEAT_INTERVAL_SECONDS = var.heartbeat_interval_seconds
+    DRAIN_SECONDS              = var.drain_seconds
+    STOP_TIMEOUT_SECONDS       = var.stop_timeout_seconds
+    METRICS_PORT               = var.metrics_port
+    LOG_LEVEL                  = var.log_level
+    TASK_CPU                   = var.task_cpu
+    TASK_MEMORY                = var.task_memory
+    GPU_COUNT                  = var.gpu_count
+    ADOT_IMAGE                 = var.adot_image
+    ADOT_CONFIG                = var.enable_metrics_sidecar ? local.adot_config : ""
+  }
+}

@@ -1,0 +1,90 @@
+# The task definition: one GPU worker container (plus the optional metrics sidecar, metrics.tf).
+# Environment names are exactly the worker's settings (worker/settings.py); DATABASE_URL comes
+# from Secrets Manager through `secrets`. Terraform registers the first revision; later revisions
+# (new image tags) are registered by deploy/ecs/deploy.py from deploy/ecs/task-definition.json,
+# rendered with the values of the `task_template_vars` output.
+
+locals {
+  worker_environment = merge(var.extra_environment, {
+    SQS_QUEUE_URL              = aws_sqs_queue.jobs.url
+    AWS_REGION                 = local.region
+    RESULT_BUCKET              = local.result_bucket
+    RESULT_PREFIX              = var.result_prefix
+    WORKER_CONCURRENCY         = tostring(var.worker_concurrency)
+    INFERENCE_THREADS          = tostring(var.inference_threads)
+    MAX_ATTEMPTS               = tostring(var.max_receive_count) # == the queue's maxReceiveCount
+    WAIT_TIME_SECONDS          = "20"
+    VISIBILITY_TIMEOUT_SECONDS = tostring(var.visibility_timeout_seconds)
+    HEARTBEAT_INTERVAL_SECONDS = tostring(var.heartbeat_interval_seconds)
+    DRAIN_SECONDS              = tostring(var.drain_seconds)
+    METRICS_PORT               = tostring(var.metrics_port)
+    EXECUTION_PROVIDER         = "cuda"
+    REQUIRE_GPU                = "true"
+    LOG_FORMAT                 = "json"
+    LOG_LEVEL                  = var.log_level
+  })
+
+  worker_container = {
+    name      = local.container_name
+    image     = "${aws_ecr_repository.this.repository_url}:${var.image_tag}"
+    essential = true
+    cpu       = var.task_cpu
+    memory    = var.task_memory
+    # The image's ENTRYPOINT is tini -> image-worker; its CMD is `run`.
+    user                   = "10001:10001"
+    readonlyRootFilesystem = true
+    stopTimeout            = var.stop_timeout_seconds
+    resourceRequirements   = [{ type = "GPU", value = tostring(var.gpu_count) }]
+    portMappings           = [{ containerPort = var.metrics_port, protocol = "tcp", name = "metrics" }]
+    environment            = [for k in sort(keys(local.worker_environment)) : { name = k, value = local.worker_environment[k] }]
+    secrets                = [{ name = "DATABASE_URL", valueFrom = local.database_url_secret_arn }]
+    # The only writable path: numba's cache (NUMBA_CACHE_DIR=/tmp/numba-cache) and scratch.
+    linuxParameters = {
+      tmpfs = [{ containerPath = "/tmp", size = 1024, mountOptions = ["rw", "nosuid", "nodev"] }]
+    }
+    ulimits = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
+    healthCheck = {
+      command     = ["CMD", "image-worker", "healthcheck"]
+      interval    = 30
+      timeout     = 5
+      retries     = 3
+      startPeriod = 180 # CUDA init + model warm-up
+    }
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        "awslogs-group"         = aws_cloudwatch_log_group.worker.name
+        "awslogs-region"        = local.region
+        "awslogs-stream-prefix" = "worker"
+        "mode"                  = "non-blocking"
+        "max-buffer-size"       = "25m"
+      }
+    }
+  }
+}
+
+resource "aws_ecs_task_definition" "worker" {
+  family                   = var.name
+  requires_compatibilities = ["EC2"]
+  network_mode             = "awsvpc"
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+
+  container_definitions = jsonencode(concat(
+    [local.worker_container],
+    var.enable_metrics_sidecar ? [local.metrics_sidecar] : [],
+  ))
+
+  tags = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.stop_timeout_seconds > var.drain_seconds
+      error_message = "stop_timeout_seconds must be greater than drain_seconds: ECS sends SIGKILL after stopTimeout, and the worker needs the drain budget plus time to close."
+    }
+    precondition {
+      condition     = var.heartbeat_interval_seconds < var.visibility_timeout_seconds
+      error_message = "heartbeat_interval_seconds must be shorter than visibility_timeout_seconds."
+    }
+  }
+}

@@ -1,0 +1,496 @@
+# ---------------------------------------------------------------------------------------------
+# Naming and placement
+# ---------------------------------------------------------------------------------------------
+variable "name" {
+  type        = string
+  description = "Name prefix of every resource (queue, repository, cluster, service, roles)."
+  default     = "image-worker"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
+    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every resource that takes tags."
+  default     = {}
+}
+
+variable "vpc_id" {
+  type        = string
+  description = "VPC of the GPU instances and tasks; its CIDR is the only source allowed to reach the metrics port."
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]{8,17}$", var.vpc_id))
+    error_message = "vpc_id must look like vpc-0123456789abcdef0."
+  }
+}
+
+variable "subnet_ids" {
+  type        = list(string)
+  description = "Private subnets (with a NAT gateway or VPC endpoints for ECR, ECS, SQS, S3, Secrets Manager, CloudWatch Logs) for the instances and the tasks' ENIs."
+
+  validation {
+    condition     = length(var.subnet_ids) >= 1 && alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))])
+    error_message = "subnet_ids needs at least one subnet id (subnet-...)."
+  }
+}
+
+variable "database_cidr_blocks" {
+  type        = list(string)
+  description = "Where the PostgreSQL server lives (egress on database_port is allowed only there). Null: the VPC CIDR."
+  default     = null
+}
+
+variable "database_port" {
+  type        = number
+  description = "PostgreSQL port the tasks may connect to."
+  default     = 5432
+
+  validation {
+    condition     = var.database_port >= 1 && var.database_port <= 65535 && floor(var.database_port) == var.database_port
+    error_message = "database_port must be an integer between 1 and 65535."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Queue
+# ---------------------------------------------------------------------------------------------
+variable "max_receive_count" {
+  type        = number
+  description = "Receives before SQS moves a message to the DLQ. Also passed to the worker as MAX_ATTEMPTS so that the job row is failed on the same attempt."
+  default     = 5
+
+  validation {
+    condition     = var.max_receive_count >= 1 && var.max_receive_count <= 1000 && floor(var.max_receive_count) == var.max_receive_count
+    error_message = "max_receive_count must be an integer between 1 and 1000 (the SQS limit)."
+  }
+}
+
+variable "visibility_timeout_seconds" {
+  type        = number
+  description = "Queue visibility timeout (and VISIBILITY_TIMEOUT_SECONDS of the worker). Must exceed heartbeat_interval_seconds: the worker renews in-flight messages every heartbeat."
+  default     = 60
+
+  validation {
+    condition     = var.visibility_timeout_seconds >= 10 && var.visibility_timeout_seconds <= 43200
+    error_message = "visibility_timeout_seconds must be between 10 and 43200 (12 hours, the SQS limit)."
+  }
+}
+
+variable "heartbeat_interval_seconds" {
+  type        = number
+  description = "How often the worker extends the visibility of in-flight messages (HEARTBEAT_INTERVAL_SECONDS). At most a third of the visibility timeout is advised."
+  default     = 20
+
+  validation {
+    condition     = var.heartbeat_interval_seconds >= 1 && var.heartbeat_interval_seconds <= 43199
+    error_message = "heartbeat_interval_seconds must be between 1 and 43199."
+  }
+}
+
+variable "message_retention_seconds" {
+  type        = number
+  description = "How long an unprocessed message stays in the job queue."
+  default     = 345600 # 4 days
+
+  validation {
+    condition     = var.message_retention_seconds >= 60 && var.message_retention_seconds <= 1209600
+    error_message = "message_retention_seconds must be between 60 and 1209600 (14 days)."
+  }
+}
+
+variable "dlq_message_retention_seconds" {
+  type        = number
+  description = "How long a dead-lettered message is kept for inspection and redrive."
+  default     = 1209600 # 14 days, the maximum
+
+  validation {
+    condition     = var.dlq_message_retention_seconds >= 60 && var.dlq_message_retention_seconds <= 1209600
+    error_message = "dlq_message_retention_seconds must be between 60 and 1209600 (14 days)."
+  }
+}
+
+variable "queue_kms_key_arn" {
+  type        = string
+  description = "KMS key for queue encryption. Null: SSE-SQS (SQS-owned keys, no KMS permissions needed by producers and the worker)."
+  default     = null
+}
+
+# ---------------------------------------------------------------------------------------------
+# Storage and secrets
+# ---------------------------------------------------------------------------------------------
+variable "source_bucket" {
+  type        = string
+  description = "Bucket holding the source photos (the worker may only GetObject under source_prefix)."
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.source_bucket))
+    error_message = "source_bucket must be a valid S3 bucket name."
+  }
+}
+
+variable "source_prefix" {
+  type        = string
+  description = "Key prefix of the source photos; empty for the whole bucket."
+  default     = ""
+}
+
+variable "result_bucket" {
+  type        = string
+  description = "Bucket for the cut-outs (RESULT_BUCKET). Null: the source bucket."
+  default     = null
+
+  validation {
+    condition     = var.result_bucket == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", coalesce(var.result_bucket, "x")))
+    error_message = "result_bucket must be a valid S3 bucket name or null."
+  }
+}
+
+variable "result_prefix" {
+  type        = string
+  description = "Key prefix of the cut-outs (RESULT_PREFIX): `<prefix><job_id>.png`. The worker may only PutObject under it."
+  default     = "cutouts/"
+
+  validation {
+    condition     = length(var.result_prefix) > 0
+    error_message = "result_prefix must not be empty: the task role's PutObject is scoped to it."
+  }
+}
+
+variable "database_url_secret_arn" {
+  type        = string
+  description = "Secrets Manager secret whose value is the PostgreSQL URL (DATABASE_URL). Null: the module creates an empty secret to be filled by the operator."
+  default     = null
+
+  validation {
+    condition     = var.database_url_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", coalesce(var.database_url_secret_arn, "x")))
+    error_message = "database_url_secret_arn must be a Secrets Manager secret ARN."
+  }
+}
+
+variable "database_url_secret_kms_key_arn" {
+  type        = string
+  description = "Customer managed KMS key of an existing database_url_secret_arn, if any (the execution role gets kms:Decrypt on it)."
+  default     = null
+}
+
+# ---------------------------------------------------------------------------------------------
+# Image, task and worker settings
+# ---------------------------------------------------------------------------------------------
+variable "image_tag" {
+  type        = string
+  description = "Tag in the module's ECR repository of the first task definition revision. Later revisions come from deploy/ecs/deploy.py."
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag))
+    error_message = "image_tag must be a valid Docker tag."
+  }
+}
+
+variable "ecr_keep_images" {
+  type        = number
+  description = "Tagged images the ECR lifecycle policy keeps (older ones expire; untagged ones after 7 days)."
+  default     = 30
+
+  validation {
+    condition     = var.ecr_keep_images >= 1 && var.ecr_keep_images <= 1000
+    error_message = "ecr_keep_images must be between 1 and 1000."
+  }
+}
+
+variable "task_cpu" {
+  type        = number
+  description = "CPU units reserved for the worker container (1024 = one vCPU)."
+  default     = 3072
+
+  validation {
+    condition     = var.task_cpu >= 256 && var.task_cpu <= 196608
+    error_message = "task_cpu must be between 256 and 196608."
+  }
+}
+
+variable "task_memory" {
+  type        = number
+  description = "Memory (MiB) reserved for the worker container; leave room for the ECS agent on the instance."
+  default     = 12288
+
+  validation {
+    condition     = var.task_memory >= 512 && var.task_memory <= 1048576
+    error_message = "task_memory must be between 512 and 1048576 MiB."
+  }
+}
+
+variable "gpu_count" {
+  type        = number
+  description = "GPUs per task (resourceRequirements GPU)."
+  default     = 1
+
+  validation {
+    condition     = var.gpu_count >= 1 && var.gpu_count <= 16 && floor(var.gpu_count) == var.gpu_count
+    error_message = "gpu_count must be an integer between 1 and 16."
+  }
+}
+
+variable "worker_concurrency" {
+  type        = number
+  description = "Messages one task holds at once (WORKER_CONCURRENCY)."
+  default     = 4
+
+  validation {
+    condition     = var.worker_concurrency >= 1 && var.worker_concurrency <= 256 && floor(var.worker_concurrency) == var.worker_concurrency
+    error_message = "worker_concurrency must be an integer between 1 and 256."
+  }
+}
+
+variable "inference_threads" {
+  type        = number
+  description = "Model thread pool size (INFERENCE_THREADS)."
+  default     = 1
+
+  validation {
+    condition     = var.inference_threads >= 1 && var.inference_threads <= 64
+    error_message = "inference_threads must be between 1 and 64."
+  }
+}
+
+variable "drain_seconds" {
+  type        = number
+  description = "SIGTERM drain budget of the worker (DRAIN_SECONDS). Must be below stop_timeout_seconds so ECS never SIGKILLs a draining task."
+  default     = 90
+
+  validation {
+    condition     = var.drain_seconds >= 0 && var.drain_seconds <= 3600
+    error_message = "drain_seconds must be between 0 and 3600."
+  }
+}
+
+variable "stop_timeout_seconds" {
+  type        = number
+  description = "ECS stopTimeout: seconds between SIGTERM and SIGKILL. Must exceed drain_seconds (plus time to close connections)."
+  default     = 120
+
+  validation {
+    condition     = var.stop_timeout_seconds >= 2 && var.stop_timeout_seconds <= 120
+    error_message = "stop_timeout_seconds must be between 2 and 120 (the ECS limit)."
+  }
+}
+
+variable "metrics_port" {
+  type        = number
+  description = "Port of /metrics, /healthz and /readyz (METRICS_PORT); reachable only from inside the VPC."
+  default     = 9100
+
+  validation {
+    condition     = var.metrics_port >= 1024 && var.metrics_port <= 65535 && floor(var.metrics_port) == var.metrics_port
+    error_message = "metrics_port must be an unprivileged port (1024-65535): the container runs as non-root."
+  }
+}
+
+variable "log_level" {
+  type        = string
+  description = "Worker log level (LOG_LEVEL)."
+  default     = "info"
+
+  validation {
+    condition     = contains(["debug", "info", "warning", "error"], var.log_level)
+    error_message = "log_level must be one of debug, info, warning, error."
+  }
+}
+
+variable "log_retention_days" {
+  type        = number
+  description = "CloudWatch Logs retention of the worker's log group."
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a retention period CloudWatch Logs accepts (e.g. 30, 90, 365)."
+  }
+}
+
+variable "extra_environment" {
+  type        = map(string)
+  description = "More worker settings (e.g. PNG_COMPRESS_LEVEL, MAX_IMAGE_PIXELS). Names must be worker settings; the ones this module manages cannot be overridden."
+  default     = {}
+
+  validation {
+    condition = alltrue([for k in keys(var.extra_environment) : contains([
+      "PNG_COMPRESS_LEVEL", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "CPU_THREADS", "ORT_INTRA_OP_THREADS",
+      "BACKOFF_BASE_SECONDS", "BACKOFF_MAX_SECONDS", "HEALTH_STALE_SECONDS", "DB_POOL_SIZE", "MODEL_NAME",
+    ], k)])
+    error_message = "extra_environment accepts only PNG_COMPRESS_LEVEL, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CPU_THREADS, ORT_INTRA_OP_THREADS, BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS, HEALTH_STALE_SECONDS, DB_POOL_SIZE, MODEL_NAME."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# GPU capacity
+# ---------------------------------------------------------------------------------------------
+variable "instance_type" {
+  type        = string
+  description = "EC2 GPU instance type of the capacity provider (one task per GPU)."
+  default     = "g4dn.xlarge"
+
+  validation {
+    condition     = can(regex("^(g4dn|g5|g5g|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\\.[0-9a-z]+$", var.instance_type))
+    error_message = "instance_type must be an NVIDIA GPU instance type (g4dn, g5, g6, g6e, p3, p4d, p5 families)."
+  }
+}
+
+variable "root_volume_size_gb" {
+  type        = number
+  description = "Root EBS volume of each GPU instance (the CUDA image is several GiB)."
+  default     = 100
+
+  validation {
+    condition     = var.root_volume_size_gb >= 30 && var.root_volume_size_gb <= 16384
+    error_message = "root_volume_size_gb must be between 30 (the GPU AMI's snapshot) and 16384."
+  }
+}
+
+variable "max_instances" {
+  type        = number
+  description = "Upper bound of the GPU Auto Scaling group (the lower bound is 0)."
+  default     = 10
+
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 1000
+    error_message = "max_instances must be between 1 and 1000."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Autoscaling
+# ---------------------------------------------------------------------------------------------
+variable "max_tasks" {
+  type        = number
+  description = "Upper bound of the service's task count (the lower bound is 0: idle means no GPU bill)."
+  default     = 10
+
+  validation {
+    condition     = var.max_tasks >= 1 && var.max_tasks <= 1000
+    error_message = "max_tasks must be between 1 and 1000."
+  }
+}
+
+variable "seconds_per_image" {
+  type        = number
+  description = "Measured wall time one task spends per image at steady state (bench/throughput.py on the target instance type: 1 / images-per-second of one task). With acceptable_wait_seconds it gives the backlog-per-task target."
+  default     = 0.25
+
+  validation {
+    condition     = var.seconds_per_image > 0 && var.seconds_per_image <= 600
+    error_message = "seconds_per_image must be greater than 0 and at most 600."
+  }
+}
+
+variable "acceptable_wait_seconds" {
+  type        = number
+  description = "How long a message may wait in the queue before being processed, at steady state. Backlog-per-task target = acceptable_wait_seconds / seconds_per_image."
+  default     = 60
+
+  validation {
+    condition     = var.acceptable_wait_seconds >= 1 && var.acceptable_wait_seconds <= 43200
+    error_message = "acceptable_wait_seconds must be between 1 and 43200."
+  }
+}
+
+variable "scale_in_cooldown_seconds" {
+  type        = number
+  description = "Target tracking scale-in cooldown (short scale-ins drop warm GPU tasks)."
+  default     = 300
+
+  validation {
+    condition     = var.scale_in_cooldown_seconds >= 0 && var.scale_in_cooldown_seconds <= 3600
+    error_message = "scale_in_cooldown_seconds must be between 0 and 3600."
+  }
+}
+
+variable "scale_out_cooldown_seconds" {
+  type        = number
+  description = "Target tracking and scale-from-zero cooldown (roughly: instance launch + image pull + model warm-up)."
+  default     = 180
+
+  validation {
+    condition     = var.scale_out_cooldown_seconds >= 0 && var.scale_out_cooldown_seconds <= 3600
+    error_message = "scale_out_cooldown_seconds must be between 0 and 3600."
+  }
+}
+
+variable "scale_to_zero_after_minutes" {
+  type        = number
+  description = "Minutes with no visible and no in-flight message before the service is set to 0 tasks."
+  default     = 15
+
+  validation {
+    condition     = var.scale_to_zero_after_minutes >= 1 && var.scale_to_zero_after_minutes <= 1440
+    error_message = "scale_to_zero_after_minutes must be between 1 and 1440."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Alarms and metrics
+# ---------------------------------------------------------------------------------------------
+variable "alarm_actions" {
+  type        = list(string)
+  description = "SNS topic ARNs notified by the DLQ-depth and oldest-message alarms."
+  default     = []
+}
+
+variable "oldest_message_alarm_seconds" {
+  type        = number
+  description = "Alarm when the oldest message in the job queue is older than this."
+  default     = 900
+
+  validation {
+    condition     = var.oldest_message_alarm_seconds >= 60 && var.oldest_message_alarm_seconds <= 1209600
+    error_message = "oldest_message_alarm_seconds must be between 60 and 1209600."
+  }
+}
+
+variable "dlq_alarm_threshold" {
+  type        = number
+  description = "Alarm when the DLQ holds more than this many messages (0: any dead letter alarms)."
+  default     = 0
+
+  validation {
+    condition     = var.dlq_alarm_threshold >= 0
+    error_message = "dlq_alarm_threshold must be 0 or more."
+  }
+}
+
+variable "enable_metrics_sidecar" {
+  type        = bool
+  description = "Run an ADOT collector next to the worker that scrapes its /metrics and remote-writes to Amazon Managed Prometheus."
+  default     = false
+}
+
+variable "amp_workspace_arn" {
+  type        = string
+  description = "Existing Amazon Managed Prometheus workspace for the sidecar. Null (with the sidecar on): the module creates one."
+  default     = null
+
+  validation {
+    condition     = var.amp_workspace_arn == null || can(regex("^arn:aws[a-z-]*:aps:[a-z0-9-]+:[0-9]{12}:workspace/ws-", coalesce(var.amp_workspace_arn, "x")))
+    error_message = "amp_workspace_arn must be an Amazon Managed Prometheus workspace ARN."
+  }
+}
+
+variable "adot_image" {
+  type        = string
+  description = "AWS Distro for OpenTelemetry collector image of the metrics sidecar."
+  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3"
+}
+
+variable "metrics_scrape_interval_seconds" {
+  type        = number
+  description = "Scrape interval of the sidecar."
+  default     = 15
+
+  validation {
+    condition     = var.metrics_scrape_interval_seconds >= 5 && var.metrics_scrape_interval_seconds <= 300
+    error_message = "metrics_scrape_interval_seconds must be between 5 and 300."
+  }
+}
