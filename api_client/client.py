@@ -1,29 +1,59 @@
 """JobClient: what the web API imports to queue work. Creating a job inserts its row, then sends a
 pointer message; when the send fails the row is kept as `queue_failed` and the job is returned,
-so an import never fails because the queue hiccuped."""
+so an import never fails because the queue hiccuped.
+
+A client opened with `async with JobClient.connect(settings) as client` owns its asyncpg pool and
+its aioboto3 clients and closes them on exit. An application that already has them passes them in
+(`JobClient.connect(settings, pool=..., sqs=..., s3=...)` opens only what is missing, or the
+constructor `JobClient(settings, pool, sqs, s3)` opens nothing); the client never closes what it
+was given."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 import asyncpg
 import structlog
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.jobs import JOB_COLUMNS, Job, encode_message
+from api_client.sending import SendOutcome, send_batch
+from worker.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
+
+if TYPE_CHECKING:
+    from api_client.admin import DlqRedrive, QueueStats, Requeued
 
 log = structlog.get_logger(__name__)
 
+SEND_ERRORS = (ClientError, BotoCoreError, OSError)
+
 
 class ClientConfigError(ValueError):
-    pass
+    """Settings or arguments that cannot work (a missing variable, no source bucket)."""
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class JobWaitTimeout(TimeoutError):
+    """The job did not finish in time; `job` is its last seen state."""
+
+    def __init__(self, job: Job, timeout: float) -> None:
+        super().__init__(f"job {job.id} still {job.status.value} after {timeout:g}s")
+        self.job = job
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,35 +63,89 @@ class ClientSettings:
     source_bucket: str | None
     aws_region: str
     aws_endpoint_url: str | None
+    dlq_url: str | None = None
+    connect_timeout: float = 10.0  # database and AWS connect timeout, seconds
+    aws_max_attempts: int = 3  # botocore "standard" retry mode: total tries per call
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        required: Sequence[str] = ("DATABASE_URL", "SQS_QUEUE_URL"),
+    ) -> ClientSettings:
         env = os.environ if environ is None else environ
-        missing = [name for name in ("DATABASE_URL", "SQS_QUEUE_URL") if not env.get(name)]
+        missing = [name for name in required if not env.get(name)]
         if missing:
             raise ClientConfigError(f"{' and '.join(missing)} must be set")
         return cls(
-            database_url=env["DATABASE_URL"],
-            queue_url=env["SQS_QUEUE_URL"],
+            database_url=env.get("DATABASE_URL", ""),
+            queue_url=env.get("SQS_QUEUE_URL", ""),
             source_bucket=env.get("SOURCE_BUCKET") or None,
             aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            dlq_url=env.get("SQS_DLQ_URL") or None,
+            connect_timeout=_positive(env, "CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0),
+            aws_max_attempts=int(_positive(env, "AWS_MAX_ATTEMPTS", 3)),
+        )
+
+    def boto_config(self) -> Config:
+        return Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=max(30.0, self.connect_timeout),
+            retries={"mode": "standard", "max_attempts": self.aws_max_attempts},
         )
 
 
-class JobClient:
-    """Owns its pool and AWS clients when opened with `async with JobClient.connect(...)`."""
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ClientConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ClientConfigError(f"{name} must be positive, got {raw!r}")
+    return value
 
-    def __init__(self, settings: ClientSettings, pool: asyncpg.Pool, sqs: Any, s3: Any) -> None:
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for `create_jobs`. `delay_seconds` (0-900) holds the message back from workers."""
+
+    source_key: str
+    source_bucket: str | None = None
+    book_id: str | None = None
+    delay_seconds: int = 0
+
+
+class JobClient:
+    """The producer API. Safe to share between concurrent request handlers."""
+
+    def __init__(
+        self, settings: ClientSettings, pool: asyncpg.Pool, sqs: Any, s3: Any = None
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.sqs = sqs
         self.s3 = s3
-        self._stack: AsyncExitStack | None = None
+        self._dlq_url: str | None = settings.dlq_url
 
     @classmethod
-    def connect(cls, settings: ClientSettings) -> _Connector:
-        return _Connector(settings)
+    def connect(
+        cls,
+        settings: ClientSettings,
+        *,
+        pool: asyncpg.Pool | None = None,
+        sqs: Any = None,
+        s3: Any = None,
+    ) -> _Connector:
+        """`async with JobClient.connect(settings) as client:` opens what is not passed in and
+        closes only that on exit."""
+        return _Connector(settings, pool, sqs, s3)
+
+    # -- creating jobs ---------------------------------------------------------------------------
 
     async def create_job(
         self,
@@ -71,9 +155,13 @@ class JobClient:
         book_id: str | None = None,
         connection: asyncpg.Connection | None = None,
     ) -> Job:
-        bucket = source_bucket or self.settings.source_bucket
-        if not bucket:
-            raise ClientConfigError("no source bucket: pass source_bucket or set SOURCE_BUCKET")
+        """Insert the row and send its message. A failed send is logged (with its stack trace)
+        and leaves the row `queue_failed` for `retry_queue_failed`; it never raises.
+
+        With `connection`, the row is written on that connection, inside the caller's
+        transaction if one is open. The message is sent before the caller commits; the worker
+        looks again at a job it cannot see yet, so commit promptly (within a few seconds)."""
+        bucket = self._bucket(source_bucket)
         job_id = uuid.uuid4()
         executor: Any = connection or self.pool
         record = await executor.fetchrow(
@@ -89,24 +177,83 @@ class JobClient:
             await self.sqs.send_message(
                 QueueUrl=self.settings.queue_url, MessageBody=encode_message(job_id)
             )
-        except (ClientError, BotoCoreError, OSError) as exc:
+        except SEND_ERRORS as exc:
             log.error("send failed; job kept as queue_failed", job_id=str(job_id), exc_info=exc)
-            record = await executor.fetchrow(
-                f"""UPDATE image_processing_jobs
-                       SET status = 'queue_failed', error = $2, updated_at = now()
-                     WHERE id = $1 AND status = 'pending' RETURNING {JOB_COLUMNS}""",
-                job_id,
-                f"send failed: {exc}"[:500],
-            )
-            job = Job.from_record(record) if record else job
+            updated = await self._mark_queue_failed(executor, {job_id: f"send failed: {exc}"})
+            job = updated.get(job_id, job)
         return job
 
+    async def create_jobs(
+        self, jobs: Iterable[NewJob | str], *, connection: asyncpg.Connection | None = None
+    ) -> list[Job]:
+        """Insert many rows in one statement, then send their messages with SendMessageBatch
+        (10 a call). Each entry SQS refuses, and every entry of a call that fails as a whole,
+        leaves its row `queue_failed` with the reason. Returns the jobs in input order."""
+        specs = [NewJob(item) if isinstance(item, str) else item for item in jobs]
+        if not specs:
+            return []
+        ids = [uuid.uuid4() for _ in specs]
+        executor: Any = connection or self.pool
+        records = await executor.fetch(
+            f"""INSERT INTO image_processing_jobs (id, book_id, source_bucket, source_key)
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+                RETURNING {JOB_COLUMNS}""",
+            ids,
+            [spec.book_id for spec in specs],
+            [self._bucket(spec.source_bucket) for spec in specs],
+            [spec.source_key for spec in specs],
+        )
+        by_id = {record["id"]: Job.from_record(record) for record in records}
+        outcome = await self.send_messages(
+            [(job_id, spec.delay_seconds) for job_id, spec in zip(ids, specs, strict=True)]
+        )
+        if outcome.failed:
+            for job_id, reason in outcome.failed.items():
+                log.error("send failed; job kept as queue_failed", job_id=str(job_id),
+                          reason=reason)  # fmt: skip
+            by_id.update(await self._mark_queue_failed(executor, outcome.failed))
+        return [by_id[job_id] for job_id in ids]
+
+    async def send_messages(
+        self, items: Sequence[tuple[uuid.UUID, int]] | Sequence[uuid.UUID]
+    ) -> SendOutcome[uuid.UUID]:
+        """Send pointer messages for existing rows, 10 per SendMessageBatch call; never raises
+        for a failed send: the reasons come back per job."""
+        pairs = [item if isinstance(item, tuple) else (item, 0) for item in items]
+        return await send_batch(self.sqs, self.settings.queue_url, pairs)
+
+    async def _mark_queue_failed(
+        self, executor: Any, reasons: Mapping[uuid.UUID, str]
+    ) -> dict[uuid.UUID, Job]:
+        ids = list(reasons)
+        records = await executor.fetch(
+            f"""UPDATE image_processing_jobs AS j
+                   SET status = 'queue_failed', error = r.error, updated_at = now()
+                  FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
+                 WHERE j.id = r.id AND j.status = 'pending'
+             RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}""",
+            ids,
+            [reasons[job_id][:500] for job_id in ids],
+        )
+        return {record["id"]: Job.from_record(record) for record in records}
+
     async def upload_source(self, key: str, data: bytes, *, bucket: str | None = None) -> str:
+        """Put an image into the source bucket; returns the bucket used."""
         target = bucket or self.settings.source_bucket
         if not target:
             raise ClientConfigError("no source bucket: pass bucket or set SOURCE_BUCKET")
+        if self.s3 is None:
+            raise ClientConfigError("this client has no S3 client")
         await self.s3.put_object(Bucket=target, Key=key, Body=data)
         return target
+
+    def _bucket(self, source_bucket: str | None) -> str:
+        bucket = source_bucket or self.settings.source_bucket
+        if not bucket:
+            raise ClientConfigError("no source bucket: pass source_bucket or set SOURCE_BUCKET")
+        return bucket
+
+    # -- reading jobs ----------------------------------------------------------------------------
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
         record = await self.pool.fetchrow(
@@ -114,24 +261,131 @@ class JobClient:
         )
         return Job.from_record(record) if record else None
 
+    async def wait_for_job(
+        self,
+        job_id: uuid.UUID,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 - a polling deadline, asked for by name
+        interval: float = 0.5,
+    ) -> Job:
+        """Poll until the job is `completed` or `failed`. Raises JobNotFound for an unknown id
+        and JobWaitTimeout (a TimeoutError carrying the last state) when time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.get_job(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.status.finished:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobWaitTimeout(job, timeout)
+            await asyncio.sleep(min(interval, left))
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        older_than: timedelta | None = None,
+        newer_than: timedelta | None = None,
+        book_id: str | None = None,
+        limit: int = 100,
+        oldest_first: bool = False,
+    ) -> list[Job]:
+        """Jobs by status and age (time since creation), newest first unless `oldest_first`."""
+        if status is None:
+            statuses: list[str] = []
+        elif isinstance(status, str):
+            statuses = [JobStatus(status).value]
+        else:
+            statuses = [JobStatus(s).value for s in status]
+        order = "ASC" if oldest_first else "DESC"
+        records = await self.pool.fetch(
+            f"""SELECT {JOB_COLUMNS} FROM image_processing_jobs
+                 WHERE (cardinality($1::text[]) = 0 OR status = ANY($1::text[]))
+                   AND ($2::interval IS NULL OR created_at <= now() - $2::interval)
+                   AND ($3::interval IS NULL OR created_at >= now() - $3::interval)
+                   AND ($4::text IS NULL OR book_id = $4)
+                 ORDER BY created_at {order}, id
+                 LIMIT $5""",
+            statuses,
+            older_than,
+            newer_than,
+            book_id,
+            max(0, limit),
+        )
+        return [Job.from_record(record) for record in records]
+
+    # -- repairs and numbers (api_client.admin) ----------------------------------------------------
+
+    async def retry_queue_failed(self, *, limit: int = 100, batch_size: int = 10) -> Requeued:
+        from api_client.admin import retry_queue_failed
+
+        return await retry_queue_failed(self, limit=limit, batch_size=batch_size)
+
+    async def retry_failed(
+        self,
+        job_ids: Iterable[uuid.UUID] | None = None,
+        *,
+        error_contains: str | None = None,
+        older_than: timedelta | None = None,
+        limit: int = 100,
+    ) -> Requeued:
+        from api_client.admin import retry_failed
+
+        return await retry_failed(
+            self, job_ids, error_contains=error_contains, older_than=older_than, limit=limit
+        )
+
+    async def redrive_dlq(
+        self, *, dlq_url: str | None = None, limit: int | None = None
+    ) -> DlqRedrive:
+        from api_client.admin import redrive_dlq
+
+        return await redrive_dlq(self, dlq_url=dlq_url, limit=limit)
+
+    async def stats(self) -> QueueStats:
+        from api_client.admin import stats
+
+        return await stats(self)
+
+    async def dlq_url(self) -> str | None:
+        """The DLQ: SQS_DLQ_URL, else the main queue's RedrivePolicy deadLetterTargetArn."""
+        if self._dlq_url is None:
+            from api_client.admin import discover_dlq_url
+
+            self._dlq_url = await discover_dlq_url(self.sqs, self.settings.queue_url)
+        return self._dlq_url
+
 
 class _Connector:
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, pool: Any, sqs: Any, s3: Any) -> None:
         self.settings = settings
+        self.given = (pool, sqs, s3)
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> JobClient:
         stack = self._stack
+        pool, sqs, s3 = self.given
         try:
-            pool = await asyncpg.create_pool(self.settings.database_url, min_size=1, max_size=4)
-            stack.push_async_callback(pool.close)
+            if pool is None:
+                pool = await asyncpg.create_pool(
+                    self.settings.database_url,
+                    min_size=1,
+                    max_size=4,
+                    timeout=self.settings.connect_timeout,
+                )
+                stack.push_async_callback(pool.close)
             session = aioboto3.Session()
             kwargs = {
                 "endpoint_url": self.settings.aws_endpoint_url,
                 "region_name": self.settings.aws_region,
+                "config": self.settings.boto_config(),
             }
-            sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
-            s3 = await stack.enter_async_context(session.client("s3", **kwargs))
+            if sqs is None:
+                sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
+            if s3 is None:
+                s3 = await stack.enter_async_context(session.client("s3", **kwargs))
         except BaseException:
             await stack.aclose()
             raise

@@ -1,0 +1,385 @@
+"""Repairs and numbers: re-send `queue_failed` rows, re-queue `failed` jobs, move DLQ messages back,
+and the counts an operator watches.
+
+Every repair takes its rows with `SELECT ... FOR UPDATE` inside a transaction and keeps them
+locked until the rows say what happened to the send, so two repairs running at once never send
+one row twice, and a worker that receives the new message before the commit waits for the row
+lock and then sees the reset row."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from api_client.sending import SQS_BATCH, SendOutcome, send_entries
+from worker.jobs import JobStatus, MalformedMessage, decode_message
+
+if TYPE_CHECKING:
+    from api_client.client import JobClient
+
+log = structlog.get_logger(__name__)
+
+QUEUE_ATTRIBUTES = {
+    "visible": "ApproximateNumberOfMessages",
+    "in_flight": "ApproximateNumberOfMessagesNotVisible",
+    "delayed": "ApproximateNumberOfMessagesDelayed",
+}
+RESET_COLUMNS = """status = 'pending', attempts = 0, error = NULL, claimed_by = NULL,
+                   lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+                   result_bucket = NULL, result_key = NULL, updated_at = now()"""
+
+
+@dataclass
+class Requeued:
+    """What a retry did: jobs sent (now `pending`), jobs whose send failed (`queue_failed`, with
+    the reason), and requested jobs left alone (with why)."""
+
+    sent: list[uuid.UUID] = field(default_factory=list)
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)
+    skipped: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": [str(i) for i in self.sent],
+            "failed": {str(k): v for k, v in self.failed.items()},
+            "skipped": {str(k): v for k, v in self.skipped.items()},
+        }
+
+
+@dataclass
+class DlqRedrive:
+    """Messages moved from the DLQ to the queue, the jobs reset to `pending` on the way, the
+    moved messages that name no known job, and messages left in the DLQ because the send failed."""
+
+    dlq_url: str
+    moved: int = 0
+    reset: list[uuid.UUID] = field(default_factory=list)
+    unknown: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # DLQ message id -> reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reset": [str(i) for i in self.reset]}
+
+
+@dataclass
+class QueueDepth:
+    visible: int
+    in_flight: int
+    delayed: int
+
+
+@dataclass
+class QueueStats:
+    counts: dict[str, int]
+    oldest_pending_age_seconds: float | None
+    queue: QueueDepth | None
+    dlq: QueueDepth | None
+    queue_error: str | None = None  # SQS could not be asked; the table numbers still hold
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- retry_queue_failed ------------------------------------------------------------------------
+
+
+async def retry_queue_failed(
+    client: JobClient, *, limit: int = 100, batch_size: int = 10
+) -> Requeued:
+    """Send the messages of `queue_failed` rows, oldest first, at most `limit` rows, one
+    transaction per batch of up to 10. Stops early when a whole batch fails (queue still down)."""
+    result = Requeued()
+    tried: list[uuid.UUID] = []
+    size = max(1, min(batch_size, SQS_BATCH))
+    while len(tried) < limit:
+        async with client.pool.acquire() as conn, conn.transaction():
+            ids = [
+                r["id"]
+                for r in await conn.fetch(
+                    """SELECT id FROM image_processing_jobs
+                        WHERE status = 'queue_failed' AND id <> ALL($2::uuid[])
+                        ORDER BY created_at, id
+                        LIMIT $1
+                          FOR UPDATE SKIP LOCKED""",
+                    min(size, limit - len(tried)),
+                    tried,
+                )
+            ]
+            if not ids:
+                break
+            tried.extend(ids)
+            outcome = await client.send_messages(ids)
+            await conn.execute(
+                """UPDATE image_processing_jobs SET status = 'pending', error = NULL,
+                          updated_at = now()
+                    WHERE id = ANY($1::uuid[]) AND status = 'queue_failed'""",
+                outcome.sent,
+            )
+            await _record_send_failures(conn, outcome)
+        result.sent.extend(outcome.sent)
+        result.failed.update(outcome.failed)
+        if not outcome.sent:
+            break
+    if result.sent or result.failed:
+        log.info("queue_failed jobs re-sent", sent=len(result.sent), failed=len(result.failed))
+    return result
+
+
+async def _record_send_failures(conn: asyncpg.Connection, outcome: SendOutcome[uuid.UUID]) -> None:
+    if not outcome.failed:
+        return
+    for job_id, reason in outcome.failed.items():
+        log.error("re-send failed; job stays queue_failed", job_id=str(job_id), reason=reason)
+    await conn.execute(
+        """UPDATE image_processing_jobs AS j
+              SET status = 'queue_failed', error = r.error, updated_at = now()
+             FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
+            WHERE j.id = r.id AND j.status IN ('pending', 'queue_failed')""",
+        list(outcome.failed),
+        [reason[:500] for reason in outcome.failed.values()],
+    )
+
+
+# -- retry_failed --------------------------------------------------------------------------------
+
+
+async def retry_failed(
+    client: JobClient,
+    job_ids: Iterable[uuid.UUID] | None = None,
+    *,
+    error_contains: str | None = None,
+    older_than: timedelta | None = None,
+    limit: int = 100,
+) -> Requeued:
+    """Reset `failed` jobs to `pending` (attempts 0, error cleared) and send their messages. The
+    jobs are `job_ids`, or with None every failed job matching the filters, oldest first, at
+    most `limit`. Requested ids that are not `failed` come back in `skipped`."""
+    wanted = None if job_ids is None else list(dict.fromkeys(job_ids))
+    result = Requeued()
+    tried: list[uuid.UUID] = []
+    while len(tried) < limit:
+        async with client.pool.acquire() as conn, conn.transaction():
+            ids = [
+                r["id"]
+                for r in await conn.fetch(
+                    """SELECT id FROM image_processing_jobs
+                        WHERE status = 'failed' AND id <> ALL($2::uuid[])
+                          AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+                          AND ($4::text IS NULL OR strpos(error, $4) > 0)
+                          AND ($5::interval IS NULL OR created_at <= now() - $5::interval)
+                        ORDER BY created_at, id
+                        LIMIT $1
+                          FOR UPDATE SKIP LOCKED""",
+                    min(SQS_BATCH, limit - len(tried)),
+                    tried,
+                    wanted,
+                    error_contains,
+                    older_than,
+                )
+            ]
+            if not ids:
+                break
+            tried.extend(ids)
+            await conn.execute(
+                f"UPDATE image_processing_jobs SET {RESET_COLUMNS} WHERE id = ANY($1::uuid[])", ids
+            )
+            outcome = await client.send_messages(ids)
+            await _record_send_failures(conn, outcome)
+        result.sent.extend(outcome.sent)
+        result.failed.update(outcome.failed)
+        if not outcome.sent:
+            break
+    if wanted is not None:
+        left = [job_id for job_id in wanted if job_id not in set(tried)]
+        if left:
+            rows = await client.pool.fetch(
+                "SELECT id, status FROM image_processing_jobs WHERE id = ANY($1::uuid[])", left
+            )
+            found = {r["id"]: r["status"] for r in rows}
+            for job_id in left:
+                status = found.get(job_id)
+                result.skipped[job_id] = (
+                    "not found" if status is None
+                    else f"status is {status}, not failed" if status != "failed"
+                    else "held by another retry, or over the limit"
+                )  # fmt: skip
+    log.info("failed jobs re-queued", sent=len(result.sent), failed=len(result.failed))
+    return result
+
+
+# -- redrive_dlq ---------------------------------------------------------------------------------
+
+
+async def discover_dlq_url(sqs: Any, queue_url: str) -> str | None:
+    """The DLQ named by the queue's RedrivePolicy (deadLetterTargetArn), or None without one."""
+    response = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    policy = response.get("Attributes", {}).get("RedrivePolicy")
+    if not policy:
+        return None
+    arn = json.loads(policy)["deadLetterTargetArn"]
+    *_, account, name = arn.split(":", 5)
+    found = await sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
+    url: str = found["QueueUrl"]
+    return url
+
+
+async def redrive_dlq(
+    client: JobClient,
+    *,
+    dlq_url: str | None = None,
+    limit: int | None = None,
+    wait_seconds: int = 1,
+    visibility_seconds: int = 60,
+) -> DlqRedrive:
+    """Move DLQ messages back to the main queue. A message's job, when `failed`, is reset to
+    `pending` (attempts 0, error cleared) in the same transaction that sends the message; a
+    message is deleted from the DLQ only once the queue has accepted its copy. Messages that
+    name no job are moved too (as SQS's own redrive would); the worker drops them."""
+    from api_client.client import ClientConfigError
+
+    url = dlq_url or await client.dlq_url()
+    if not url:
+        raise ClientConfigError(
+            "no DLQ: the queue has no RedrivePolicy; pass --dlq-url or set SQS_DLQ_URL"
+        )
+    result = DlqRedrive(url)
+    unsent: list[dict[str, Any]] = []
+    while limit is None or result.moved + len(result.failed) < limit:
+        room = (
+            SQS_BATCH
+            if limit is None
+            else min(SQS_BATCH, limit - result.moved - len(result.failed))
+        )
+        response = await client.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=room,
+            WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility_seconds,
+            MessageAttributeNames=["All"],
+        )
+        messages: list[dict[str, Any]] = response.get("Messages", [])
+        if not messages:
+            break
+        sent = await _redrive_batch(client, messages, result)
+        done = [m for m in messages if m["MessageId"] in sent]
+        unsent.extend(m for m in messages if m["MessageId"] not in sent)
+        if done:
+            await _delete(client.sqs, url, done)
+        else:
+            break
+    if unsent:
+        await _make_visible(client.sqs, url, unsent)
+    log.info("DLQ redriven", moved=result.moved, reset=len(result.reset), failed=len(result.failed))
+    return result
+
+
+async def _redrive_batch(
+    client: JobClient, messages: list[dict[str, Any]], result: DlqRedrive
+) -> set[str]:
+    job_ids: dict[str, uuid.UUID] = {}
+    for message in messages:
+        with contextlib.suppress(MalformedMessage):  # moved as is; the worker drops it
+            job_ids[message["MessageId"]] = decode_message(message.get("Body", ""))
+    entries = []
+    for index, message in enumerate(messages):
+        entry: dict[str, Any] = {"Id": str(index), "MessageBody": message.get("Body", "")}
+        if message.get("MessageAttributes"):
+            entry["MessageAttributes"] = message["MessageAttributes"]
+        entries.append(entry)
+    keys = [message["MessageId"] for message in messages]
+    async with client.pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT id, status FROM image_processing_jobs
+                WHERE id = ANY($1::uuid[]) FOR UPDATE""",
+            list(set(job_ids.values())),
+        )
+        statuses = {r["id"]: r["status"] for r in rows}
+        outcome = await send_entries(client.sqs, client.settings.queue_url, entries, keys)
+        to_reset = {
+            job_ids[message_id]
+            for message_id in outcome.sent
+            if message_id in job_ids and statuses.get(job_ids[message_id]) == JobStatus.FAILED
+        }
+        if to_reset:
+            await conn.execute(
+                f"""UPDATE image_processing_jobs SET {RESET_COLUMNS}
+                     WHERE id = ANY($1::uuid[]) AND status = 'failed'""",
+                list(to_reset),
+            )
+    result.moved += len(outcome.sent)
+    result.reset.extend(sorted(to_reset))
+    result.unknown += sum(1 for m in outcome.sent if m not in job_ids or job_ids[m] not in statuses)
+    for message_id, reason in outcome.failed.items():
+        log.error("DLQ message not moved", message_id=message_id, reason=reason)
+    result.failed.update(outcome.failed)
+    return set(outcome.sent)
+
+
+async def _delete(sqs: Any, url: str, messages: list[dict[str, Any]]) -> None:
+    entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+    try:
+        response = await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+    except (ClientError, BotoCoreError, OSError) as exc:
+        log.warning("could not delete redriven messages from the DLQ", error=str(exc))
+        return
+    for failed in response.get("Failed", []):
+        log.warning("DLQ delete refused", code=failed.get("Code"))
+
+
+async def _make_visible(sqs: Any, url: str, messages: list[dict[str, Any]]) -> None:
+    for start in range(0, len(messages), SQS_BATCH):
+        chunk = messages[start : start + SQS_BATCH]
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(chunk)
+        ]
+        try:
+            await sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            log.warning("unsent DLQ messages return after their timeout", error=str(exc))
+
+
+# -- stats ---------------------------------------------------------------------------------------
+
+
+async def stats(client: JobClient) -> QueueStats:
+    """Jobs by status, the age of the oldest pending job, and queue and DLQ depth. SQS trouble
+    does not hide the table numbers: the depths are None and `queue_error` says why."""
+    rows = await client.pool.fetch(
+        """SELECT status, count(*) AS n,
+                  EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
+             FROM image_processing_jobs GROUP BY status"""
+    )
+    counts = {status.value: 0 for status in JobStatus}
+    oldest: float | None = None
+    for row in rows:
+        counts[row["status"]] = row["n"]
+        if row["status"] == JobStatus.PENDING:
+            oldest = row["oldest"]
+    result = QueueStats(counts, oldest, None, None)
+    try:
+        result.queue = await _depth(client.sqs, client.settings.queue_url)
+        dlq = await client.dlq_url()
+        if dlq is not None:
+            result.dlq = await _depth(client.sqs, dlq)
+    except (ClientError, BotoCoreError, OSError) as exc:
+        result.queue_error = str(exc)
+    return result
+
+
+async def _depth(sqs: Any, url: str) -> QueueDepth:
+    response = await sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=list(QUEUE_ATTRIBUTES.values())
+    )
+    attributes = response.get("Attributes", {})
+    values = {name: int(attributes.get(attr, 0)) for name, attr in QUEUE_ATTRIBUTES.items()}
+    return QueueDepth(**values)
