@@ -20,7 +20,7 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.mode = Mode.FORWARD
-        self.delay = 0.0
+        self.delay = 0.0  # seconds per chunk flowing back from the target (a slow download)
         self.port = 0
         self.connections_refused = 0
         self._server: asyncio.Server | None = None
@@ -75,7 +75,8 @@ class FaultProxy:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
             await asyncio.gather(
-                self._pump(reader, upstream_writer), self._pump(upstream_reader, writer)
+                self._pump(reader, upstream_writer, throttled=False),
+                self._pump(upstream_reader, writer, throttled=True),
             )
         except (OSError, asyncio.CancelledError):
             pass
@@ -85,10 +86,12 @@ class FaultProxy:
                 if stream is not None:
                     stream.transport.abort()
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, throttled: bool
+    ) -> None:
         while data := await source.read(65536):
             await self._resumed.wait()
-            if self.delay:
+            if throttled and self.delay:
                 await asyncio.sleep(self.delay)
             sink.write(data)
             with contextlib.suppress(ConnectionError):

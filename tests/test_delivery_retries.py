@@ -1,0 +1,137 @@
+"""At-least-once delivery turned into exactly-once outcomes: duplicates, jobs that outlive the
+visibility timeout, transient failures with backoff, and exhausted attempts going to the DLQ."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from urllib.parse import urlsplit
+
+import asyncpg
+import numpy as np
+from PIL import Image
+
+from api_client.client import JobClient
+from tests.conftest import Aws, StartWorker
+from tests.faults import FaultProxy
+from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
+from worker.devstack import create_queue_pair
+from worker.jobs import JobStatus, encode_message
+
+
+async def test_three_copies_of_a_message_give_one_completion(
+    start_worker: StartWorker, producer: JobClient, aws: Aws
+) -> None:
+    workers = [await start_worker(VISIBILITY_TIMEOUT_SECONDS="4") for _ in range(2)]
+    scene, _ = synthetic_scene(seed=8)
+    await aws.put("dup.jpg", scene)
+    job = await producer.create_job("dup.jpg")
+    for _ in range(2):
+        await aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=encode_message(job.id))
+
+    row = (await wait_finished(producer, [job.id]))[job.id]
+    assert row.status is JobStatus.COMPLETED
+
+    async def all_copies_settled() -> bool:
+        return await aws.queue_counts() == (0, 0)
+
+    await eventually(all_copies_settled, timeout=30)
+    final = await producer.get_job(job.id)
+    assert final is not None
+    assert final.attempts == 1
+    assert final.completed_at == row.completed_at
+    assert await aws.keys("cutouts/") == [f"cutouts/{job.id}.png"]
+    totals = [await scrape(w.url) for w in workers]
+    assert sum(m["image_worker_inference_seconds_count"] for m in totals) == 1
+    assert sum(m['image_worker_jobs_total{outcome="completed"}'] for m in totals) == 1
+    assert sum(m["image_worker_messages_received_total"] for m in totals) >= 3
+
+
+def large_photo() -> bytes:
+    """A 2400x1800 JPEG of noise (about 3 MB): slow to download through a throttled link."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, size=(1800, 2400, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def test_job_longer_than_visibility_timeout_is_not_redelivered(
+    start_worker: StartWorker, producer: JobClient, aws: Aws
+) -> None:
+    endpoint = urlsplit(aws.endpoint)
+    async with FaultProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
+        proxy.delay = 0.1  # per 64 KiB chunk: the download alone takes several seconds
+        data = large_photo()
+        await aws.put("large.jpg", data)
+        slow = await start_worker(
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}",
+            VISIBILITY_TIMEOUT_SECONDS="2",
+            HEARTBEAT_INTERVAL_SECONDS="0.5",
+            WAIT_TIME_SECONDS="0",
+        )
+        job = await producer.create_job("large.jpg")
+
+        async def slow_worker_has_it() -> bool:
+            return (await scrape(slow.url))["image_worker_jobs_in_flight"] == 1
+
+        await eventually(slow_worker_has_it, timeout=30)
+        rival = await start_worker(VISIBILITY_TIMEOUT_SECONDS="2", HEARTBEAT_INTERVAL_SECONDS="0.5")
+        row = (await wait_finished(producer, [job.id], timeout=120))[job.id]
+
+    assert row.status is JobStatus.COMPLETED, row.error
+    assert row.attempts == 1
+    assert row.started_at is not None
+    assert row.completed_at is not None
+    assert (row.completed_at - row.started_at).total_seconds() > 4  # outlived 2 visibility timeouts
+    slow_metrics, rival_metrics = await scrape(slow.url), await scrape(rival.url)
+    assert slow_metrics["image_worker_visibility_extensions_total"] >= 3
+    assert rival_metrics["image_worker_messages_received_total"] == 0
+    assert await aws.keys("cutouts/") == [f"cutouts/{job.id}.png"]
+
+
+async def test_transient_failures_back_off_then_exhausted_jobs_fail_and_go_to_the_dlq(
+    start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
+) -> None:
+    queues = await create_queue_pair(aws.sqs, f"{aws.bucket}-short", max_receive_count=2)
+    worker = await start_worker(
+        SQS_QUEUE_URL=queues.queue_url, MAX_ATTEMPTS="2", RESULT_BUCKET="bucket-not-created-yet"
+    )
+    scene, _ = synthetic_scene(seed=9)
+    await aws.put("retry.jpg", scene)
+    job_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO image_processing_jobs (id, source_bucket, source_key) VALUES ($1, $2, $3)",
+        job_id,
+        aws.bucket,
+        "retry.jpg",
+    )
+    await aws.sqs.send_message(QueueUrl=queues.queue_url, MessageBody=encode_message(job_id))
+
+    async def first_attempt_released() -> bool:
+        current = await producer.get_job(job_id)
+        return current is not None and current.attempts == 1 and current.status == "pending"
+
+    released = await eventually(first_attempt_released, timeout=30, interval=0.05)
+    assert released
+    pending = await producer.get_job(job_id)
+    assert pending is not None
+    assert pending.error is not None
+    assert "upload" in pending.error
+    assert "NoSuchBucket" in pending.error
+
+    row = (await wait_finished(producer, [job_id]))[job_id]
+    assert row.status is JobStatus.FAILED
+    assert row.attempts == 2
+    assert row.error is not None
+    assert row.error.startswith("gave up after 2 attempts: upload")
+
+    async def in_dlq() -> bool:
+        return await aws.queue_counts(queues.dlq_url) == (1, 0)
+
+    await eventually(in_dlq, timeout=30)
+    assert await aws.queue_counts(queues.queue_url) == (0, 0)
+    metrics = await scrape(worker.url)
+    assert metrics['image_worker_jobs_total{outcome="retried"}'] == 1
+    assert metrics['image_worker_jobs_total{outcome="failed"}'] == 1
+    assert metrics['image_worker_job_failures_total{kind="transient",reason="s3_error"}'] == 2
