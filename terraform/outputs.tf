@@ -111,5 +111,6 @@ output "task_template_vars" {
     GPU_COUNT                  = var.gpu_count
     ADOT_IMAGE                 = var.adot_image
     ADOT_CONFIG                = var.enable_metrics_sidecar ? local.adot_config : ""
+    EXTRA_ENVIRONMENT          = var.extra_environment
   }
 }

@@ -5,7 +5,8 @@
 # rendered with the values of the `task_template_vars` output.
 
 locals {
-  worker_environment = merge(var.extra_environment, {
+  # Managed settings; extra_environment adds others but cannot override these.
+  worker_environment_managed = {
     SQS_QUEUE_URL              = aws_sqs_queue.jobs.url
     AWS_REGION                 = local.region
     RESULT_BUCKET              = local.result_bucket
@@ -22,7 +23,8 @@ locals {
     REQUIRE_GPU                = "true"
     LOG_FORMAT                 = "json"
     LOG_LEVEL                  = var.log_level
-  })
+  }
+  worker_environment = merge(var.extra_environment, local.worker_environment_managed)
 
   worker_container = {
     name      = local.container_name
