@@ -1,0 +1,207 @@
+"""Real worker processes: SIGTERM drains, an exhausted drain budget hands jobs straight back, a
+second signal exits at once, and `kill -9` loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import pytest
+
+from api_client.client import JobClient
+from tests.conftest import Aws, StartWorker, worker_env
+from tests.faults import FaultProxy
+from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
+from tests.test_delivery_retries import large_photo
+from worker.jobs import Job, JobStatus
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    async def in_flight(self) -> float:
+        return (await scrape(self.url))["image_worker_jobs_in_flight"]
+
+    async def wait_exit(self, timeout: float) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
+@pytest.fixture
+async def spawn_worker(
+    database_url: str, aws: Aws, model_home: Path, tmp_path: Path
+) -> AsyncIterator[SpawnWorker]:
+    spawned: list[WorkerProcess] = []
+
+    async def spawn(**overrides: str) -> WorkerProcess:
+        port = free_port()
+        env = {
+            **os.environ,
+            **worker_env(database_url, aws, model_home, METRICS_PORT=str(port), **overrides),
+        }
+        log = tmp_path / f"worker-{len(spawned)}.log"
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", "run", env=env, stdout=sink, stderr=sink
+            )
+        worker = WorkerProcess(process, port, log)
+        spawned.append(worker)
+
+        async def ready() -> bool:
+            if process.returncode is not None:
+                raise AssertionError(f"worker exited {process.returncode}: {log.read_text()}")
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{worker.url}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=120)
+        return worker
+
+    yield spawn
+    for worker in spawned:
+        if worker.process.returncode is None:
+            worker.process.kill()
+            await worker.process.wait()
+
+
+async def slow_jobs(producer: JobClient, aws: Aws, count: int) -> list[Job]:
+    await aws.put("large.jpg", large_photo())
+    return [await producer.create_job("large.jpg") for _ in range(count)]
+
+
+async def rows_by_status(db: asyncpg.Pool) -> dict[str, int]:
+    records = await db.fetch("SELECT status, count(*) AS n FROM image_processing_jobs GROUP BY 1")
+    return {r["status"]: r["n"] for r in records}
+
+
+@pytest.fixture
+async def throttled_aws(aws: Aws) -> AsyncIterator[str]:
+    """The moto endpoint behind a proxy that slows downloads: jobs take seconds, not millis."""
+    target = urlsplit(aws.endpoint)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
+        proxy.delay = 0.05
+        yield f"http://127.0.0.1:{proxy.port}"
+
+
+async def test_sigterm_finishes_the_running_job_and_leaves_the_rest_queued(
+    spawn_worker: SpawnWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool, throttled_aws: str
+) -> None:
+    worker = await spawn_worker(
+        AWS_ENDPOINT_URL=throttled_aws, WORKER_CONCURRENCY="1", DRAIN_SECONDS="60"
+    )
+    jobs = await slow_jobs(producer, aws, 3)
+    await eventually(worker.in_flight, timeout=30, interval=0.05)
+
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.wait_exit(60) == 0, worker.log.read_text()
+
+    assert await rows_by_status(db) == {"completed": 1, "pending": 2}
+    assert await aws.queue_counts() == (2, 0)  # the unstarted two are visible to other workers
+    log = worker.log.read_text()
+    assert "stop requested: draining" in log
+    assert "worker stopped" in log
+    assert len(await aws.keys("cutouts/")) == 1
+    assert {j.id for j in jobs} >= {
+        r["id"] for r in await db.fetch("SELECT id FROM image_processing_jobs")
+    }
+
+
+async def test_drain_budget_spent_hands_the_job_back_at_once(
+    spawn_worker: SpawnWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool, throttled_aws: str
+) -> None:
+    worker = await spawn_worker(
+        AWS_ENDPOINT_URL=throttled_aws, WORKER_CONCURRENCY="1", DRAIN_SECONDS="0.5"
+    )
+    (job,) = await slow_jobs(producer, aws, 1)
+    await eventually(worker.in_flight, timeout=30, interval=0.05)
+
+    stopped_at = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.wait_exit(30) == 0, worker.log.read_text()
+    assert time.monotonic() - stopped_at < 15
+
+    row = await producer.get_job(job.id)
+    assert row is not None
+    assert row.status is JobStatus.PENDING
+    assert row.claimed_by is None
+    assert row.error == "worker stopped before finishing"
+    assert await aws.queue_counts() == (1, 0)  # visible again now, not after the timeout
+
+
+async def test_second_signal_exits_at_once(
+    spawn_worker: SpawnWorker, producer: JobClient, aws: Aws, throttled_aws: str
+) -> None:
+    worker = await spawn_worker(
+        AWS_ENDPOINT_URL=throttled_aws, WORKER_CONCURRENCY="1", DRAIN_SECONDS="120"
+    )
+    await slow_jobs(producer, aws, 1)
+    await eventually(worker.in_flight, timeout=30, interval=0.05)
+    worker.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)  # the first signal must be handled before the second one
+    worker.process.send_signal(signal.SIGINT)
+    assert await worker.wait_exit(10) == 1
+    assert "second signal: exiting now" in worker.log.read_text()
+
+
+async def test_kill_9_mid_backlog_loses_nothing_and_duplicates_nothing(
+    spawn_worker: SpawnWorker,
+    start_worker: StartWorker,
+    producer: JobClient,
+    aws: Aws,
+    db: asyncpg.Pool,
+) -> None:
+    settings = {"VISIBILITY_TIMEOUT_SECONDS": "3", "HEARTBEAT_INTERVAL_SECONDS": "1"}
+    victim = await spawn_worker(**settings)
+    jobs = []
+    for seed in range(8):
+        scene, _ = synthetic_scene((800, 600), seed=seed)
+        await aws.put(f"backlog/{seed}.jpg", scene)
+        jobs.append(await producer.create_job(f"backlog/{seed}.jpg"))
+
+    async def some_done_some_running() -> bool:
+        counts = await rows_by_status(db)
+        return counts.get("completed", 0) >= 2 and counts.get("processing", 0) >= 1
+
+    await eventually(some_done_some_running, timeout=60, interval=0.05)
+    victim.process.kill()
+    assert await victim.wait_exit(10) == -signal.SIGKILL
+    stranded = await rows_by_status(db)
+    assert stranded.get("processing", 0) >= 1
+
+    await start_worker(**settings)
+    finished = await wait_finished(producer, [j.id for j in jobs], timeout=120)
+
+    assert all(row.status is JobStatus.COMPLETED for row in finished.values())
+    assert max(row.attempts for row in finished.values()) == 2  # the stranded ones, once more
+    assert sorted(await aws.keys("cutouts/")) == sorted(f"cutouts/{j.id}.png" for j in jobs)
+
+    async def queue_empty() -> bool:
+        return await aws.queue_counts() == (0, 0)
+
+    await eventually(queue_empty, timeout=30)
