@@ -437,6 +437,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
         if rule["type"] == "alerting":
             assert rule["state"] == "inactive", (rule["name"], rule.get("alerts"))
+
     # The recorded fleet-wide backlog follows the queue down to empty once every message is
     # deleted (the queue poll runs every second here).
     async def drained() -> bool:
