@@ -79,12 +79,14 @@ async def test_database_outage_is_survived_and_reported(
         return sum(transient) >= 1
 
     await eventually(claims_failing, timeout=30)
+    assert (await scrape(worker.url))['image_worker_dependency_up{dependency="database"}'] == 0
     proxy.resume()
 
     finished = await wait_finished(producer, [j.id for j in during], timeout=90)
     assert all(row.status is JobStatus.COMPLETED for row in finished.values())
     assert all(row.attempts == 1 for row in finished.values())  # failed claims cost no attempt
     assert (await get_json(f"{worker.url}/readyz"))[0] == 200
+    assert (await scrape(worker.url))['image_worker_dependency_up{dependency="database"}'] == 1
 
 
 async def test_backends_terminated_mid_run(

@@ -135,3 +135,4 @@ async def test_transient_failures_back_off_then_exhausted_jobs_fail_and_go_to_th
     assert metrics['image_worker_jobs_total{outcome="retried"}'] == 1
     assert metrics['image_worker_jobs_total{outcome="failed"}'] == 1
     assert metrics['image_worker_job_failures_total{kind="transient",reason="s3_error"}'] == 2
+    assert metrics['image_worker_dependency_up{dependency="s3"}'] == 0

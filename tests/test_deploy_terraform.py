@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
 EXAMPLE = TERRAFORM / "examples" / "complete"
 CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
-DEPLOY_TEMPLATES = [REPO / "deploy/ecs/task-definition.json", REPO / "deploy/ecs/metrics-sidecar.json"]
+DEPLOY_TEMPLATES = [
+    REPO / "deploy/ecs/task-definition.json",
+    REPO / "deploy/ecs/metrics-sidecar.json",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +196,8 @@ def test_queues_are_encrypted_and_long_polled(module: Module) -> None:
     for name in ("jobs", "dlq"):
         queue = module.resource("aws_sqs_queue", name)
         assert queue["receive_wait_time_seconds"] == 20
-        assert "sqs_managed_sse_enabled" in queue and "kms_master_key_id" in queue
+        assert "sqs_managed_sse_enabled" in queue
+        assert "kms_master_key_id" in queue
 
 
 def test_visibility_timeout_exceeds_heartbeat(module: Module) -> None:
@@ -204,10 +208,10 @@ def test_visibility_timeout_exceeds_heartbeat(module: Module) -> None:
     )
     jobs = module.resource("aws_sqs_queue", "jobs")
     assert jobs["visibility_timeout_seconds"] == "${var.visibility_timeout_seconds}"
-    conditions = [
-        p["condition"] for p in blocks(block(jobs, "lifecycle"), "precondition")
-    ]
-    assert any("var.visibility_timeout_seconds > var.heartbeat_interval_seconds" in c for c in conditions)
+    conditions = [p["condition"] for p in blocks(block(jobs, "lifecycle"), "precondition")]
+    assert any(
+        "var.visibility_timeout_seconds > var.heartbeat_interval_seconds" in c for c in conditions
+    )
 
 
 def test_alarms_watch_dlq_depth_and_oldest_message(module: Module) -> None:
@@ -231,7 +235,9 @@ def test_gpu_capacity_can_reach_zero_with_managed_scaling_and_protection(module:
     asg = module.resource("aws_autoscaling_group", "gpu")
     assert asg["min_size"] == 0
     assert asg["protect_from_scale_in"] is True
-    provider = block(module.resource("aws_ecs_capacity_provider", "gpu"), "auto_scaling_group_provider")
+    provider = block(
+        module.resource("aws_ecs_capacity_provider", "gpu"), "auto_scaling_group_provider"
+    )
     assert provider["auto_scaling_group_arn"] == "${aws_autoscaling_group.gpu.arn}"
     assert provider["managed_termination_protection"] == "ENABLED"
     assert block(provider, "managed_scaling")["status"] == "ENABLED"
@@ -252,17 +258,25 @@ def test_container_environment_names_are_worker_settings(module: Module) -> None
     # extra_environment's allow-list (a validation) names worker settings too.
     validation = block(module.variables["extra_environment"], "validation")
     allowed = set(re.findall(r"\"?([A-Z][A-Z0-9_]+)\"?", validation["condition"]))
-    assert allowed and allowed <= settings, sorted(allowed - settings)
+    assert allowed
+    assert allowed <= settings, sorted(allowed - settings)
 
 
 def test_task_definition_gpu_secret_health_logs_and_stop_timeout(module: Module) -> None:
     container = module.locals["worker_container"]
-    assert container["resourceRequirements"] == [{"type": "GPU", "value": "${tostring(var.gpu_count)}"}]
-    assert container["secrets"] == [{"name": "DATABASE_URL", "valueFrom": "${local.database_url_secret_arn}"}]
+    assert container["resourceRequirements"] == [
+        {"type": "GPU", "value": "${tostring(var.gpu_count)}"}
+    ]
+    assert container["secrets"] == [
+        {"name": "DATABASE_URL", "valueFrom": "${local.database_url_secret_arn}"}
+    ]
     assert container["healthCheck"]["command"] == ["CMD", "image-worker", "healthcheck"]
     assert container["logConfiguration"]["logDriver"] == "awslogs"
     assert container["stopTimeout"] == "${var.stop_timeout_seconds}"
-    assert module.variables["stop_timeout_seconds"]["default"] > module.variables["drain_seconds"]["default"]
+    assert (
+        module.variables["stop_timeout_seconds"]["default"]
+        > module.variables["drain_seconds"]["default"]
+    )
     task = module.resource("aws_ecs_task_definition", "worker")
     conditions = [p["condition"] for p in blocks(block(task, "lifecycle"), "precondition")]
     assert "${var.stop_timeout_seconds > var.drain_seconds}" in conditions
@@ -274,16 +288,20 @@ def test_task_definition_gpu_secret_health_logs_and_stop_timeout(module: Module)
 def test_metrics_sidecar_remote_writes_to_amp(module: Module) -> None:
     assert module.variables["enable_metrics_sidecar"]["default"] is False
     config = module.locals["adot_config"]
-    assert "prometheusremotewrite" in config and "sigv4auth" in config
+    assert "prometheusremotewrite" in config
+    assert "sigv4auth" in config
     assert "localhost:${var.metrics_port}" in config
 
 
-def test_service_strategy_circuit_breaker_and_desired_count_left_to_autoscaling(module: Module) -> None:
+def test_service_strategy_circuit_breaker_and_desired_count_left_to_autoscaling(
+    module: Module,
+) -> None:
     service = module.resource("aws_ecs_service", "worker")
     strategy = block(service, "capacity_provider_strategy")
     assert strategy["capacity_provider"] == "${aws_ecs_capacity_provider.gpu.name}"
     breaker = block(service, "deployment_circuit_breaker")
-    assert breaker["enable"] is True and breaker["rollback"] is True
+    assert breaker["enable"] is True
+    assert breaker["rollback"] is True
     assert "desired_count" in block(service, "lifecycle")["ignore_changes"]
     network = block(service, "network_configuration")
     assert network["assign_public_ip"] is False
@@ -307,7 +325,10 @@ def _dimensions(metric: dict[str, Any]) -> dict[str, str]:
 def test_scalable_target_goes_to_zero(module: Module) -> None:
     target = module.resource("aws_appautoscaling_target", "service")
     assert target["min_capacity"] == 0
-    assert target["resource_id"] == "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.worker.name}"
+    assert (
+        target["resource_id"]
+        == "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.worker.name}"
+    )
     for name, policy in module.resources["aws_appautoscaling_policy"].items():
         assert policy["resource_id"] == "${aws_appautoscaling_target.service.resource_id}", name
 
@@ -317,7 +338,10 @@ def test_target_tracking_reads_backlog_per_task_of_this_queue(module: Module) ->
     assert policy["policy_type"] == "TargetTrackingScaling"
     config = block(policy, "target_tracking_scaling_policy_configuration")
     assert config["target_value"] == "${local.backlog_per_task_target}"
-    assert "var.acceptable_wait_seconds / var.seconds_per_image" in module.locals["backlog_per_task_target"]
+    assert (
+        "var.acceptable_wait_seconds / var.seconds_per_image"
+        in module.locals["backlog_per_task_target"]
+    )
     queries = _metric_queries(blocks(block(config, "customized_metric_specification"), "metrics"))
     visible = block(block(queries["visible"], "metric_stat"), "metric")
     assert visible["namespace"] == "AWS/SQS"
@@ -337,9 +361,14 @@ def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) 
     from_zero = module.resource("aws_cloudwatch_metric_alarm", "messages_while_no_task")
     assert from_zero["alarm_actions"] == ["${aws_appautoscaling_policy.scale_from_zero.arn}"]
     queries = _metric_queries(blocks(from_zero, "metric_query"))
-    assert _dimensions(block(queries["visible"], "metric")) == {"QueueName": "${aws_sqs_queue.jobs.name}"}
+    assert _dimensions(block(queries["visible"], "metric")) == {
+        "QueueName": "${aws_sqs_queue.jobs.name}"
+    }
     assert "FILL(desired, 0) == 0" in queries["waiting_with_no_task"]["expression"]
-    step = block(module.resource("aws_appautoscaling_policy", "scale_from_zero"), "step_scaling_policy_configuration")
+    step = block(
+        module.resource("aws_appautoscaling_policy", "scale_from_zero"),
+        "step_scaling_policy_configuration",
+    )
     assert step["adjustment_type"] == "ChangeInCapacity"
     assert block(step, "step_adjustment")["scaling_adjustment"] == 1
 
@@ -348,8 +377,13 @@ def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) 
     assert idle["treat_missing_data"] == "breaching"
     queries = _metric_queries(blocks(idle, "metric_query"))
     for name in ("visible", "in_flight"):
-        assert _dimensions(block(queries[name], "metric")) == {"QueueName": "${aws_sqs_queue.jobs.name}"}
-    step = block(module.resource("aws_appautoscaling_policy", "scale_to_zero"), "step_scaling_policy_configuration")
+        assert _dimensions(block(queries[name], "metric")) == {
+            "QueueName": "${aws_sqs_queue.jobs.name}"
+        }
+    step = block(
+        module.resource("aws_appautoscaling_policy", "scale_to_zero"),
+        "step_scaling_policy_configuration",
+    )
     assert step["adjustment_type"] == "ExactCapacity"
     assert block(step, "step_adjustment")["scaling_adjustment"] == 0
 
@@ -360,8 +394,7 @@ def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) 
 def _statements(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from blocks(document, "statement")
     for dynamic in blocks(document, "dynamic"):
-        for content in blocks(dynamic["statement"], "content"):
-            yield content
+        yield from blocks(dynamic["statement"], "content")
 
 
 def _resolve(module: Module, value: Any) -> Any:
@@ -372,7 +405,9 @@ def _resolve(module: Module, value: Any) -> Any:
 
 def test_task_role_sqs_actions_cover_what_the_worker_calls(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["task"]
-    sqs = [s for s in _statements(document) if any("sqs:" in a for a in _resolve(module, s["actions"]))]
+    sqs = [
+        s for s in _statements(document) if any("sqs:" in a for a in _resolve(module, s["actions"]))
+    ]
     assert len(sqs) == 1, "one statement for the queue"
     granted = set(_resolve(module, sqs[0]["actions"]))
     needed = {iam_action(method) for method in worker_sqs_calls()}
@@ -388,16 +423,21 @@ def test_task_role_s3_is_scoped_to_prefixes_and_nothing_is_star(module: Module) 
     assert by_action["s3:GetObject"]["resources"] == ["${local.source_object_arn}"]
     assert by_action["s3:PutObject"]["resources"] == ["${local.result_object_arn}"]
     assert module.locals["source_object_arn"].endswith("${var.source_bucket}/${var.source_prefix}*")
-    assert module.locals["result_object_arn"].endswith("${local.result_bucket}/${var.result_prefix}*")
+    assert module.locals["result_object_arn"].endswith(
+        "${local.result_bucket}/${var.result_prefix}*"
+    )
     for statement in _statements(document):
         assert "*" not in _resolve(module, statement["resources"]), statement
 
 
-def test_execution_role_reads_only_the_secret_and_star_only_where_unscopable(module: Module) -> None:
+def test_execution_role_reads_only_the_secret_and_star_only_where_unscopable(
+    module: Module,
+) -> None:
     document = module.data["aws_iam_policy_document"]["execution"]
     statements = list(_statements(document))
     secret = [s for s in statements if "secretsmanager:GetSecretValue" in s["actions"]]
-    assert secret and secret[0]["resources"] == ["${local.database_url_secret_arn}"]
+    assert secret
+    assert secret[0]["resources"] == ["${local.database_url_secret_arn}"]
     for statement in statements:
         if "*" in _resolve(module, statement["resources"]):
             assert statement["actions"] == ["ecr:GetAuthorizationToken"], statement
@@ -456,7 +496,8 @@ def checkov_report() -> dict[str, Any]:
 def test_checkov_finds_no_failed_checks(checkov_report: dict[str, Any]) -> None:
     summary = checkov_report["summary"]
     failed = [
-        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']}) {c['check_name']}"
+        f"{c['check_id']} {c['resource']} ({c['file_path']}:{c['file_line_range']}) "
+        f"{c['check_name']}"
         for c in checkov_report["results"]["failed_checks"]
     ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)

@@ -10,7 +10,9 @@ import enum
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +74,9 @@ class JobProcessor:
                     lease_seconds=self.settings.visibility_timeout_seconds,
                 )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            self.metrics.dependency_up.labels("database").set(0)
             return self._retry_unclaimed(classify(exc, stage="claim"), receive_count)
+        self.metrics.dependency_up.labels("database").set(1)
 
         if claim.outcome is ClaimOutcome.NOT_FOUND:
             if receive_count < 2:
@@ -125,7 +129,7 @@ class JobProcessor:
     async def _stages(self, job: Job) -> tuple[str, str]:
         settings = self.settings
         loop = asyncio.get_running_loop()
-        with self.metrics.time_stage("download"):
+        with self.metrics.time_stage("download"), self._tracking("s3"):
             data = await storage.download(
                 self.s3, job.source_bucket, job.source_key, max_bytes=settings.max_image_bytes
             )
@@ -149,10 +153,21 @@ class JobProcessor:
             )
         result_bucket = settings.result_bucket or job.source_bucket
         result_key = f"{settings.result_prefix}{job.id}.png"
-        with self.metrics.time_stage("upload"):
+        with self.metrics.time_stage("upload"), self._tracking("s3"):
             await storage.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
+
+    @contextmanager
+    def _tracking(self, dependency: str) -> Iterator[None]:
+        """Mark a dependency down when a call to it fails transiently, up when one succeeds."""
+        try:
+            yield
+        except JobFailed as exc:
+            if not exc.failure.permanent:
+                self.metrics.dependency_up.labels(dependency).set(0)
+            raise
+        self.metrics.dependency_up.labels(dependency).set(1)
 
     async def _record_failure(self, job: Job, failure: Failure, receive_count: int) -> Outcome:
         self.metrics.failures.labels(failure.kind.value, failure.code).inc()
