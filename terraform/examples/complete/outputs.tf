@@ -32,3 +32,13 @@ output "alarm_topic_arn" {
   description = "SNS topic of the alarms (subscribe to it)."
   value       = aws_sns_topic.alarms.arn
 }
+
+output "capacity_provider_name" {
+  description = "GPU capacity provider (for one-off tasks such as `migrate`)."
+  value       = module.image_worker.capacity_provider_name
+}
+
+output "tasks_security_group_id" {
+  description = "Security group of the tasks: allow it on the database's security group."
+  value       = module.image_worker.tasks_security_group_id
+}
