@@ -1,10 +1,14 @@
 """Repairs and numbers: re-send `queue_failed` rows, re-queue `failed` jobs, move DLQ messages back,
 and the counts an operator watches.
 
-Every repair takes its rows with `SELECT ... FOR UPDATE` inside a transaction and keeps them
-locked until the rows say what happened to the send, so two repairs running at once never send
-one row twice, and a worker that receives the new message before the commit waits for the row
-lock and then sees the reset row."""
+Only `queue_failed` rows are ever sent. A repair takes a batch of them with
+`SELECT ... FOR UPDATE SKIP LOCKED` in a transaction, sends their messages, and marks the sent
+ones `pending` before it commits, so two repairs running at once never send one row twice. (A
+worker that receives a message before that commit waits for the row lock: its claim accepts
+`queue_failed` rows.) Re-queuing a `failed` job is two steps: reset it to `queue_failed`
+(attempts 0, error cleared) and commit, then send it like any `queue_failed` row; a crash between
+the two leaves a row that `retry_queue_failed` sends later, never a `pending` row with no message.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ QUEUE_ATTRIBUTES = {
     "in_flight": "ApproximateNumberOfMessagesNotVisible",
     "delayed": "ApproximateNumberOfMessagesDelayed",
 }
-RESET_COLUMNS = """status = 'pending', attempts = 0, error = NULL, claimed_by = NULL,
+RESET_COLUMNS = """status = 'queue_failed', attempts = 0, error = NULL, claimed_by = NULL,
                    lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
                    result_bucket = NULL, result_key = NULL, updated_at = now()"""
 
@@ -89,7 +93,7 @@ class QueueStats:
         return asdict(self)
 
 
-# -- retry_queue_failed ------------------------------------------------------------------------
+# -- sending queue_failed rows -------------------------------------------------------------------
 
 
 async def retry_queue_failed(
@@ -97,23 +101,32 @@ async def retry_queue_failed(
 ) -> Requeued:
     """Send the messages of `queue_failed` rows, oldest first, at most `limit` rows, one
     transaction per batch of up to 10. Stops early when a whole batch fails (queue still down)."""
+    result = await _send_queue_failed(client, None, limit=limit, batch_size=batch_size)
+    if result.sent or result.failed:
+        log.info("queue_failed jobs re-sent", sent=len(result.sent), failed=len(result.failed))
+    return result
+
+
+async def _send_queue_failed(
+    client: JobClient, only: list[uuid.UUID] | None, *, limit: int, batch_size: int = SQS_BATCH
+) -> Requeued:
     result = Requeued()
     tried: list[uuid.UUID] = []
     size = max(1, min(batch_size, SQS_BATCH))
     while len(tried) < limit:
         async with client.pool.acquire() as conn, conn.transaction():
-            ids = [
-                r["id"]
-                for r in await conn.fetch(
-                    """SELECT id FROM image_processing_jobs
-                        WHERE status = 'queue_failed' AND id <> ALL($2::uuid[])
-                        ORDER BY created_at, id
-                        LIMIT $1
-                          FOR UPDATE SKIP LOCKED""",
-                    min(size, limit - len(tried)),
-                    tried,
-                )
-            ]
+            records = await conn.fetch(
+                """SELECT id FROM image_processing_jobs
+                    WHERE status = 'queue_failed' AND id <> ALL($2::uuid[])
+                      AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+                    ORDER BY created_at, id
+                    LIMIT $1
+                      FOR UPDATE SKIP LOCKED""",
+                min(size, limit - len(tried)),
+                tried,
+                only,
+            )
+            ids = [record["id"] for record in records]
             if not ids:
                 break
             tried.extend(ids)
@@ -129,8 +142,6 @@ async def retry_queue_failed(
         result.failed.update(outcome.failed)
         if not outcome.sent:
             break
-    if result.sent or result.failed:
-        log.info("queue_failed jobs re-sent", sent=len(result.sent), failed=len(result.failed))
     return result
 
 
@@ -138,7 +149,7 @@ async def _record_send_failures(conn: asyncpg.Connection, outcome: SendOutcome[u
     if not outcome.failed:
         return
     for job_id, reason in outcome.failed.items():
-        log.error("re-send failed; job stays queue_failed", job_id=str(job_id), reason=reason)
+        log.error("send failed; job stays queue_failed", job_id=str(job_id), reason=reason)
     await conn.execute(
         """UPDATE image_processing_jobs AS j
               SET status = 'queue_failed', error = r.error, updated_at = now()
@@ -147,6 +158,17 @@ async def _record_send_failures(conn: asyncpg.Connection, outcome: SendOutcome[u
         list(outcome.failed),
         [reason[:500] for reason in outcome.failed.values()],
     )
+
+
+async def _reset_failed(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """`failed` -> `queue_failed` with attempts 0 and the error cleared (caller commits)."""
+    records = await conn.fetch(
+        f"""UPDATE image_processing_jobs SET {RESET_COLUMNS}
+             WHERE id = ANY($1::uuid[]) AND status = 'failed'
+         RETURNING id""",
+        ids,
+    )
+    return [record["id"] for record in records]
 
 
 # -- retry_failed --------------------------------------------------------------------------------
@@ -160,46 +182,33 @@ async def retry_failed(
     older_than: timedelta | None = None,
     limit: int = 100,
 ) -> Requeued:
-    """Reset `failed` jobs to `pending` (attempts 0, error cleared) and send their messages. The
-    jobs are `job_ids`, or with None every failed job matching the filters, oldest first, at
-    most `limit`. Requested ids that are not `failed` come back in `skipped`."""
+    """Reset `failed` jobs (attempts 0, error cleared) and send their messages; sent jobs are
+    `pending`. The jobs are `job_ids`, or with None every failed job matching the filters, oldest
+    first, at most `limit`. Requested ids that are not `failed` come back in `skipped`."""
     wanted = None if job_ids is None else list(dict.fromkeys(job_ids))
-    result = Requeued()
-    tried: list[uuid.UUID] = []
-    while len(tried) < limit:
-        async with client.pool.acquire() as conn, conn.transaction():
-            ids = [
-                r["id"]
-                for r in await conn.fetch(
-                    """SELECT id FROM image_processing_jobs
-                        WHERE status = 'failed' AND id <> ALL($2::uuid[])
-                          AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
-                          AND ($4::text IS NULL OR strpos(error, $4) > 0)
-                          AND ($5::interval IS NULL OR created_at <= now() - $5::interval)
-                        ORDER BY created_at, id
-                        LIMIT $1
-                          FOR UPDATE SKIP LOCKED""",
-                    min(SQS_BATCH, limit - len(tried)),
-                    tried,
-                    wanted,
-                    error_contains,
-                    older_than,
-                )
-            ]
-            if not ids:
-                break
-            tried.extend(ids)
-            await conn.execute(
-                f"UPDATE image_processing_jobs SET {RESET_COLUMNS} WHERE id = ANY($1::uuid[])", ids
-            )
-            outcome = await client.send_messages(ids)
-            await _record_send_failures(conn, outcome)
-        result.sent.extend(outcome.sent)
-        result.failed.update(outcome.failed)
-        if not outcome.sent:
-            break
+    async with client.pool.acquire() as conn, conn.transaction():
+        records = await conn.fetch(
+            """SELECT id FROM image_processing_jobs
+                WHERE status = 'failed'
+                  AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))
+                  AND ($3::text IS NULL OR strpos(error, $3) > 0)
+                  AND ($4::interval IS NULL OR created_at <= now() - $4::interval)
+                ORDER BY created_at, id
+                LIMIT $1
+                  FOR UPDATE SKIP LOCKED""",
+            limit,
+            wanted,
+            error_contains,
+            older_than,
+        )
+        reset = await _reset_failed(conn, [record["id"] for record in records])
+    result = await _send_queue_failed(client, reset, limit=len(reset)) if reset else Requeued()
+    handled = set(result.sent) | set(result.failed)
+    for job_id in reset:
+        if job_id not in handled:  # a concurrent retry_queue_failed sent it first
+            result.skipped[job_id] = "re-queued by a concurrent retry"
     if wanted is not None:
-        left = [job_id for job_id in wanted if job_id not in set(tried)]
+        left = [job_id for job_id in wanted if job_id not in set(reset)]
         if left:
             rows = await client.pool.fetch(
                 "SELECT id, status FROM image_processing_jobs WHERE id = ANY($1::uuid[])", left
@@ -240,10 +249,11 @@ async def redrive_dlq(
     wait_seconds: int = 1,
     visibility_seconds: int = 60,
 ) -> DlqRedrive:
-    """Move DLQ messages back to the main queue. A message's job, when `failed`, is reset to
-    `pending` (attempts 0, error cleared) in the same transaction that sends the message; a
-    message is deleted from the DLQ only once the queue has accepted its copy. Messages that
-    name no job are moved too (as SQS's own redrive would); the worker drops them."""
+    """Move DLQ messages back to the main queue. A message whose job is `failed` resets the job
+    (attempts 0, error cleared) and sends it once, like `retry_failed`; any other message (its job
+    not failed, unknown, or a malformed body) is copied to the queue as it is, as SQS's own
+    redrive would, and the worker decides. A DLQ message is deleted only once its job or copy is
+    on the queue; one whose send failed stays in the DLQ and is reported."""
     from api_client.client import ClientConfigError
 
     url = dlq_url or await client.dlq_url()
@@ -254,14 +264,10 @@ async def redrive_dlq(
     result = DlqRedrive(url)
     unsent: list[dict[str, Any]] = []
     while limit is None or result.moved + len(result.failed) < limit:
-        room = (
-            SQS_BATCH
-            if limit is None
-            else min(SQS_BATCH, limit - result.moved - len(result.failed))
-        )
+        room = SQS_BATCH if limit is None else limit - result.moved - len(result.failed)
         response = await client.sqs.receive_message(
             QueueUrl=url,
-            MaxNumberOfMessages=room,
+            MaxNumberOfMessages=min(SQS_BATCH, room),
             WaitTimeSeconds=wait_seconds,
             VisibilityTimeout=visibility_seconds,
             MessageAttributeNames=["All"],
@@ -269,13 +275,12 @@ async def redrive_dlq(
         messages: list[dict[str, Any]] = response.get("Messages", [])
         if not messages:
             break
-        sent = await _redrive_batch(client, messages, result)
-        done = [m for m in messages if m["MessageId"] in sent]
-        unsent.extend(m for m in messages if m["MessageId"] not in sent)
-        if done:
-            await _delete(client.sqs, url, done)
-        else:
+        moved = await _redrive_batch(client, messages, result)
+        done = [m for m in messages if m["MessageId"] in moved]
+        unsent.extend(m for m in messages if m["MessageId"] not in moved)
+        if not done:
             break
+        await _delete(client.sqs, url, done)
     if unsent:
         await _make_visible(client.sqs, url, unsent)
     log.info("DLQ redriven", moved=result.moved, reset=len(result.reset), failed=len(result.failed))
@@ -285,43 +290,54 @@ async def redrive_dlq(
 async def _redrive_batch(
     client: JobClient, messages: list[dict[str, Any]], result: DlqRedrive
 ) -> set[str]:
-    job_ids: dict[str, uuid.UUID] = {}
+    """Move one received batch; the ids of the DLQ messages that are now on the queue."""
+    job_of: dict[str, uuid.UUID] = {}
     for message in messages:
-        with contextlib.suppress(MalformedMessage):  # moved as is; the worker drops it
-            job_ids[message["MessageId"]] = decode_message(message.get("Body", ""))
-    entries = []
-    for index, message in enumerate(messages):
-        entry: dict[str, Any] = {"Id": str(index), "MessageBody": message.get("Body", "")}
-        if message.get("MessageAttributes"):
-            entry["MessageAttributes"] = message["MessageAttributes"]
-        entries.append(entry)
-    keys = [message["MessageId"] for message in messages]
+        with contextlib.suppress(MalformedMessage):  # copied as is; the worker drops it
+            job_of[message["MessageId"]] = decode_message(message.get("Body", ""))
     async with client.pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """SELECT id, status FROM image_processing_jobs
-                WHERE id = ANY($1::uuid[]) FOR UPDATE""",
-            list(set(job_ids.values())),
-        )
-        statuses = {r["id"]: r["status"] for r in rows}
-        outcome = await send_entries(client.sqs, client.settings.queue_url, entries, keys)
-        to_reset = {
-            job_ids[message_id]
-            for message_id in outcome.sent
-            if message_id in job_ids and statuses.get(job_ids[message_id]) == JobStatus.FAILED
-        }
-        if to_reset:
-            await conn.execute(
-                f"""UPDATE image_processing_jobs SET {RESET_COLUMNS}
-                     WHERE id = ANY($1::uuid[]) AND status = 'failed'""",
-                list(to_reset),
+        known = {
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM image_processing_jobs WHERE id = ANY($1::uuid[]) FOR UPDATE",
+                list(set(job_of.values())),
             )
-    result.moved += len(outcome.sent)
-    result.reset.extend(sorted(to_reset))
-    result.unknown += sum(1 for m in outcome.sent if m not in job_ids or job_ids[m] not in statuses)
-    for message_id, reason in outcome.failed.items():
+        }
+        reset = set(await _reset_failed(conn, list(known)))
+    sent = await _send_queue_failed(client, list(reset), limit=len(reset)) if reset else Requeued()
+    moved: set[str] = set()
+    failed: dict[str, str] = {}
+    copies = []
+    for message in messages:
+        message_id = message["MessageId"]
+        job_id = job_of.get(message_id)
+        if job_id is not None and job_id in reset:
+            if job_id in sent.failed:
+                failed[message_id] = sent.failed[job_id]
+            else:  # sent by us, or by a concurrent retry_queue_failed
+                moved.add(message_id)
+        else:
+            copies.append(message)
+    if copies:
+        entries = [_copy_entry(index, message) for index, message in enumerate(copies)]
+        keys = [message["MessageId"] for message in copies]
+        outcome = await send_entries(client.sqs, client.settings.queue_url, entries, keys)
+        moved.update(outcome.sent)
+        failed.update(outcome.failed)
+        result.unknown += sum(1 for key in outcome.sent if job_of.get(key) not in known)
+    for message_id, reason in failed.items():
         log.error("DLQ message not moved", message_id=message_id, reason=reason)
-    result.failed.update(outcome.failed)
-    return set(outcome.sent)
+    result.failed.update(failed)
+    result.moved += len(moved)
+    result.reset.extend(sorted(sent.sent))
+    return moved
+
+
+def _copy_entry(index: int, message: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": message.get("Body", "")}
+    if message.get("MessageAttributes"):
+        entry["MessageAttributes"] = message["MessageAttributes"]
+    return entry
 
 
 async def _delete(sqs: Any, url: str, messages: list[dict[str, Any]]) -> None:
