@@ -20,6 +20,7 @@ from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
 from worker.devstack import sample_photos
 from worker.jobs import JobStatus
+from worker.metrics import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ async def test_sample_photos_and_synthetic_scene_end_to_end(
     metrics = await scrape(worker.url)
     assert metrics['image_worker_jobs_total{outcome="completed"}'] == len(jobs)
     assert metrics['image_worker_jobs_total{outcome="failed"}'] == 0
-    for stage in ("claim", "download", "decode", "inference", "encode", "upload", "complete"):
+    for stage in STAGES:
         assert metrics[f'image_worker_stage_duration_seconds_count{{stage="{stage}"}}'] == len(jobs)
         assert metrics[f'image_worker_stage_duration_seconds_sum{{stage="{stage}"}}'] > 0
     assert metrics["image_worker_inference_seconds_count"] == len(jobs)

@@ -103,9 +103,10 @@ def _to_8bit_gray(image: Image.Image) -> Image.Image:
 
 def cut_out(decoded: DecodedImage, mask: Image.Image) -> Image.Image:
     """The source pixels with the mask as alpha (straight alpha, no colour darkening at edges).
-    Pixels that were transparent in the source stay transparent."""
+    Pixels that were transparent in the source stay transparent. Consumes `decoded.rgb`: the
+    alpha channel is added in place, saving a copy of the whole image."""
     alpha = mask if decoded.alpha is None else ImageChops.darker(mask, decoded.alpha)
-    result = decoded.rgb.copy()
+    result = decoded.rgb
     result.putalpha(alpha)
     return result
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 import structlog
 from PIL import Image
@@ -29,6 +30,18 @@ CUDA_OPTIONS = {
     "arena_extend_strategy": "kSameAsRequested",
     "do_copy_in_default_stream": True,
 }
+
+
+# Models whose rembg `predict` is exactly: normalize (ImageNet mean/std, 320x320) -> run ->
+# min-max over the first output -> resize back. For these the worker splits `predict` into
+# stages, so pre- and post-processing run on the CPU pool while the model serves the next job.
+# tests/test_inference.py checks the split gives rembg's own masks, pixel for pixel.
+SPLIT_MODELS = frozenset({"u2net", "u2netp", "u2net_human_seg", "silueta"})
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = (320, 320)
+
+ModelInput = dict[str, np.ndarray] | Image.Image
 
 
 class GpuRequired(ModelUnavailable):
@@ -76,6 +89,10 @@ class ModelRunner:
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning intra-op threads burn the cores that decode and encode need in between runs.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if settings.ort_allow_spinning else "0"
+        )
         session = new_session(settings.model_name, sess_opts=options, providers=choice.requested)
         active = session.inner_session.get_providers()
         provider = active[0] if active else CPU
@@ -96,20 +113,47 @@ class ModelRunner:
         )
         return runner
 
+    @property
+    def split(self) -> bool:
+        return self.model_name in SPLIT_MODELS
+
     def predict(self, image: Image.Image) -> Image.Image:
-        """Blocking: the alpha mask (mode L, the image's size)."""
-        masks = self.session.predict(image)
-        mask: Image.Image = masks[0]
-        return mask
+        """Blocking: the alpha mask (mode L, the image's size), all stages in this thread."""
+        return self.finish(self.run(self.prepare(image)), image.size)
 
-    async def infer(self, image: Image.Image) -> tuple[Image.Image, float]:
+    def prepare(self, image: Image.Image) -> ModelInput:
+        """CPU stage: the model's input tensor (split models), else the image itself."""
+        if not self.split:
+            return image
+        inputs: dict[str, np.ndarray] = self.session.normalize(image, MEAN, STD, INPUT_SIZE)
+        return inputs
+
+    def run(self, model_input: ModelInput) -> np.ndarray | Image.Image:
+        """Model stage: the raw output (split models), else rembg's finished mask."""
+        if isinstance(model_input, Image.Image):
+            mask: Image.Image = self.session.predict(model_input)[0]
+            return mask
+        output: np.ndarray = self.session.inner_session.run(None, model_input)[0]
+        return output
+
+    def finish(self, output: np.ndarray | Image.Image, size: tuple[int, int]) -> Image.Image:
+        """CPU stage: rembg's post-processing, min-max over the map, resized to the image."""
+        if isinstance(output, Image.Image):
+            return output
+        prediction = output[:, 0, :, :]
+        high, low = np.max(prediction), np.min(prediction)
+        prediction = np.squeeze((prediction - low) / (high - low))
+        mask = Image.fromarray((prediction.clip(0, 1) * 255).astype("uint8"))
+        return mask.resize(size, Image.Resampling.LANCZOS)
+
+    async def infer(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._timed_predict, image)
+        return await loop.run_in_executor(self.executor, self._timed_run, model_input)
 
-    def _timed_predict(self, image: Image.Image) -> tuple[Image.Image, float]:
+    def _timed_run(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
         started = time.perf_counter()
-        mask = self.predict(image)
-        return mask, time.perf_counter() - started
+        output = self.run(model_input)
+        return output, time.perf_counter() - started
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -22,7 +22,9 @@ from prometheus_client import (
 # a huge photo behind a backlog).
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
-STAGES = ("claim", "download", "decode", "inference", "encode", "upload", "complete")
+STAGES = (
+    "claim", "download", "decode", "preprocess", "inference", "encode", "upload", "complete"
+)  # fmt: skip
 
 
 class WorkerMetrics:

@@ -141,22 +141,26 @@ class JobProcessor:
                     data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
                 ),
             )
+        with self.metrics.time_stage("preprocess"):
+            model_input = await loop.run_in_executor(self.cpu_pool, self.model.prepare, decoded.rgb)
         with self.metrics.time_stage("inference"):
-            mask, model_seconds = await self.model.infer(decoded.rgb)
+            output, model_seconds = await self.model.infer(model_input)
+        del model_input
         self.metrics.inference_seconds.observe(model_seconds)
         with self.metrics.time_stage("encode"):
-            png = await loop.run_in_executor(
-                self.cpu_pool,
-                lambda: imaging.encode_png(
-                    imaging.cut_out(decoded, mask), compress_level=settings.png_compress_level
-                ),
-            )
+            png = await loop.run_in_executor(self.cpu_pool, self._finish, decoded, output)
         result_bucket = settings.result_bucket or job.source_bucket
         result_key = f"{settings.result_prefix}{job.id}.png"
         with self.metrics.time_stage("upload"), self._tracking("s3"):
             await storage.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
+
+    def _finish(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
+        """CPU stage: the mask from the model's output, the cut-out, and its PNG."""
+        mask = self.model.finish(output, decoded.rgb.size)
+        cutout = imaging.cut_out(decoded, mask)
+        return imaging.encode_png(cutout, compress_level=self.settings.png_compress_level)
 
     @contextmanager
     def _tracking(self, dependency: str) -> Iterator[None]:

@@ -40,6 +40,7 @@ class Settings:
     execution_provider: str
     require_gpu: bool
     ort_intra_op_threads: int
+    ort_allow_spinning: bool
     png_compress_level: int
     max_image_bytes: int
     max_image_pixels: int
@@ -86,6 +87,7 @@ class Settings:
             execution_provider=reader.choice("EXECUTION_PROVIDER", "auto", EXECUTION_PROVIDERS),
             require_gpu=reader.boolean("REQUIRE_GPU", False),
             ort_intra_op_threads=reader.integer("ORT_INTRA_OP_THREADS", 0, low=0, high=256),
+            ort_allow_spinning=reader.boolean("ORT_ALLOW_SPINNING", False),
             png_compress_level=reader.integer("PNG_COMPRESS_LEVEL", 1, low=0, high=9),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", 50 * 1024 * 1024, low=1),
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 64_000_000, low=1),

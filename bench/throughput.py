@@ -1,0 +1,308 @@
+"""Throughput benchmark: a plain `rembg.remove` loop (the baseline) against the real worker
+daemon draining the same images as jobs through moto SQS/S3 and PostgreSQL, in one run on one
+machine. Prints images/s and their ratio, light-load latency, per-stage time shares, RSS, and
+checks that every worker alpha mask equals the baseline's (max abs difference <= 1).
+
+    .venv/bin/python bench/throughput.py [--images 200] [--jobs 1000] [--env KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import scrape, synthetic_scene  # noqa: E402
+from worker.devstack import (  # noqa: E402
+    create_queue_pair,
+    moto_server,
+    postgres_server,
+    recreate_database,
+    sample_photos,
+)
+from worker.jobs import encode_message  # noqa: E402
+from worker.migrate import migrate_url  # noqa: E402
+
+SIZE = (1600, 1200)
+COUNT = "image_worker_stage_duration_seconds_count"
+MODEL_HOME = Path(os.environ.get("U2NET_HOME", str(REPO / ".models")))
+
+
+def make_photos(count: int, seed: int = 0) -> list[bytes]:
+    """Realistic 1600x1200 JPEGs: crops and flips of scikit-image's photos, and synthetic scenes."""
+    rng = np.random.default_rng(seed)
+    sources = [Image.open(p).convert("RGB") for p in sample_photos()]
+    photos = []
+    for index in range(count):
+        if index % 4 == 3:
+            data, _ = synthetic_scene(SIZE, seed=index)
+            photos.append(data)
+            continue
+        source = sources[index % len(sources)]
+        scale = rng.uniform(1.0, 1.3)
+        width, height = source.size
+        crop_w, crop_h = int(width / scale), int(height / scale)
+        left = int(rng.integers(0, width - crop_w + 1))
+        top = int(rng.integers(0, height - crop_h + 1))
+        image = source.crop((left, top, left + crop_w, top + crop_h))
+        image = ImageOps.fit(image, SIZE, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def alpha_of(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).getchannel("A"))
+
+
+def run_baseline(photos: list[bytes]) -> dict[str, Any]:
+    os.environ["U2NET_HOME"] = str(MODEL_HOME)
+    from rembg import new_session, remove
+
+    session = new_session("u2netp")
+    remove(photos[0], session=session)  # warm-up, as the worker does
+    alphas, times = [], []
+    started = time.perf_counter()
+    for data in photos:
+        begin = time.perf_counter()
+        result = remove(data, session=session)
+        times.append(time.perf_counter() - begin)
+        assert isinstance(result, bytes)
+        alphas.append(alpha_of(result))
+    elapsed = time.perf_counter() - started
+    return {
+        "images": len(photos),
+        "seconds": elapsed,
+        "images_per_second": len(photos) / elapsed,
+        "per_image_mean": statistics.fmean(times),
+        "per_image_p50": statistics.median(times),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "alphas": alphas,
+    }
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_worker(
+    photos: list[bytes], jobs: int, latency_jobs: int, extra_env: dict[str, str]
+) -> dict[str, Any]:
+    import aioboto3
+    import aiohttp
+    import asyncpg
+
+    if True:
+        admin_url, endpoint = extra_env.pop("_ADMIN_URL"), extra_env.pop("_ENDPOINT")
+        database_url = await recreate_database(admin_url, "image_worker_bench")
+        await migrate_url(database_url)
+        session = aioboto3.Session()
+        async with (
+            session.client("sqs", endpoint_url=endpoint) as sqs,
+            session.client("s3", endpoint_url=endpoint) as s3,
+        ):
+            queues = await create_queue_pair(sqs, "bench", max_receive_count=5)
+            await s3.create_bucket(Bucket="bench")
+            for index, data in enumerate(photos):
+                await s3.put_object(Bucket="bench", Key=f"src/{index}.jpg", Body=data)
+            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+            port = 19100
+            env = {
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "SQS_QUEUE_URL": queues.queue_url,
+                "AWS_ENDPOINT_URL": endpoint,
+                "U2NET_HOME": str(MODEL_HOME),
+                "METRICS_PORT": str(port),
+                "METRICS_HOST": "127.0.0.1",
+                "LOG_LEVEL": "warning",
+                **extra_env,
+            }
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", "run", env=env
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                async with aiohttp.ClientSession() as http:
+                    while True:
+                        try:
+                            async with http.get(f"{url}/readyz") as response:
+                                if response.status == 200:
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        if process.returncode is not None:
+                            raise RuntimeError("worker exited during start")
+                        await asyncio.sleep(0.2)
+
+                ids = [uuid.uuid4() for _ in range(jobs)]
+                await pool.executemany(
+                    "INSERT INTO image_processing_jobs (id, source_bucket, source_key)"
+                    " VALUES ($1, 'bench', $2)",
+                    [(job_id, f"src/{i % len(photos)}.jpg") for i, job_id in enumerate(ids)],
+                )
+                rss_at_100 = None
+                started = time.perf_counter()
+                for start in range(0, jobs, 10):
+                    await sqs.send_message_batch(
+                        QueueUrl=queues.queue_url,
+                        Entries=[
+                            {"Id": str(n), "MessageBody": encode_message(job_id)}
+                            for n, job_id in enumerate(ids[start : start + 10])
+                        ],
+                    )
+                while True:
+                    done = await pool.fetchval(
+                        "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
+                    )
+                    if rss_at_100 is None and done >= min(100, jobs):
+                        rss_at_100 = rss_mib(process.pid)
+                    if done >= jobs:
+                        break
+                    failed = await pool.fetchval(
+                        "SELECT count(*) FROM image_processing_jobs WHERE status = 'failed'"
+                    )
+                    if failed:
+                        raise RuntimeError(f"{failed} jobs failed")
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - started
+                rss_end = rss_mib(process.pid)
+                peak = rss_mib(process.pid, "VmHWM")
+                metrics = await scrape(url)
+
+                latencies = []
+                for index in range(latency_jobs):
+                    job_id = uuid.uuid4()
+                    await pool.execute(
+                        "INSERT INTO image_processing_jobs (id, source_bucket, source_key)"
+                        " VALUES ($1, 'bench', $2)",
+                        job_id,
+                        f"src/{index % len(photos)}.jpg",
+                    )
+                    sent = time.perf_counter()
+                    body = encode_message(job_id)
+                    await sqs.send_message(QueueUrl=queues.queue_url, MessageBody=body)
+                    latencies.append(await completed_after(pool, job_id, sent))
+
+                alphas = []
+                for job_id in ids[: len(photos)]:
+                    response = await s3.get_object(Bucket="bench", Key=f"cutouts/{job_id}.png")
+                    async with response["Body"] as body:
+                        alphas.append(alpha_of(await body.read()))
+            finally:
+                if process.returncode is None:
+                    process.terminate()
+                    await process.wait()
+                await pool.close()
+
+    stages = {
+        key.split('"')[1]: value
+        for key, value in metrics.items()
+        if key.startswith("image_worker_stage_duration_seconds_sum")
+    }
+    total_stage = sum(stages.values()) or 1.0
+    return {
+        "images": jobs,
+        "seconds": elapsed,
+        "images_per_second": jobs / elapsed,
+        "latency_p50": statistics.median(latencies),
+        "latency_p95": float(np.percentile(latencies, 95)),
+        "stage_share": {stage: value / total_stage for stage, value in stages.items()},
+        "stage_mean_ms": {
+            stage: 1000 * value / max(1, metrics[f'{COUNT}{{stage="{stage}"}}'])
+            for stage, value in stages.items()
+        },
+        "rss_at_100_mib": rss_at_100,
+        "rss_end_mib": rss_end,
+        "peak_rss_mib": peak,
+        "alphas": alphas,
+    }
+
+
+async def completed_after(pool: Any, job_id: uuid.UUID, sent: float) -> float:
+    """Seconds from `sent` until the job's row says completed (polled every 5 ms)."""
+    query = "SELECT status FROM image_processing_jobs WHERE id = $1"
+    while (await pool.fetchval(query, job_id)) != "completed":  # noqa: ASYNC110 - polling a row
+        await asyncio.sleep(0.005)
+    return time.perf_counter() - sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200, help="distinct photos (baseline loop)")
+    parser.add_argument("--jobs", type=int, default=1000, help="jobs the worker drains")
+    parser.add_argument("--latency-jobs", type=int, default=20)
+    parser.add_argument("--env", action="append", default=[], help="worker setting KEY=VALUE")
+    parser.add_argument("--skip-baseline-after", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
+
+    photos = make_photos(args.images)
+    mean_kib = sum(map(len, photos)) / len(photos) / 1024
+    print(f"{len(photos)} photos of {SIZE[0]}x{SIZE[1]}, {mean_kib:.0f} KiB mean", flush=True)
+    baseline = run_baseline(photos)
+    print(f"baseline: {baseline['images_per_second']:.2f} images/s", flush=True)
+    jobs = max(args.jobs, len(photos))
+    with postgres_server() as admin_url, moto_server() as endpoint:
+        extra_env.update(_ADMIN_URL=admin_url, _ENDPOINT=endpoint)
+        worker = asyncio.run(run_worker(photos, jobs, args.latency_jobs, extra_env))
+
+    diffs = [
+        int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+        for a, b in zip(baseline.pop("alphas"), worker.pop("alphas"), strict=True)
+    ]
+    ratio = worker["images_per_second"] / baseline["images_per_second"]
+    growth = (worker["rss_end_mib"] - worker["rss_at_100_mib"]) / worker["rss_at_100_mib"]
+    rows = [
+        ("baseline images/s (rembg.remove loop)", f"{baseline['images_per_second']:.2f}"),
+        (f"worker images/s ({worker['images']} jobs)", f"{worker['images_per_second']:.2f}"),
+        ("throughput ratio worker/baseline", f"{ratio:.2f}x"),
+        ("baseline per-image time p50", f"{1000 * baseline['per_image_p50']:.0f} ms"),
+        ("worker latency p50 / p95 (one job at a time)",
+         f"{1000 * worker['latency_p50']:.0f} / {1000 * worker['latency_p95']:.0f} ms"),
+        ("baseline peak RSS", f"{baseline['peak_rss_mib']:.0f} MiB"),
+        ("worker peak RSS", f"{worker['peak_rss_mib']:.0f} MiB"),
+        (f"worker RSS job 100 -> job {worker['images']}",
+         f"{worker['rss_at_100_mib']:.0f} -> {worker['rss_end_mib']:.0f} MiB"
+         f" ({100 * growth:+.1f}%)"),
+        ("alpha max abs diff vs baseline", f"{max(diffs)} over {len(diffs)} images"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print()
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print("stage shares: " + ", ".join(
+        f"{stage} {100 * share:.0f}% ({worker['stage_mean_ms'][stage]:.0f} ms)"
+        for stage, share in sorted(worker["stage_share"].items(), key=lambda kv: -kv[1])
+    ))  # fmt: skip
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    summary = {"baseline": baseline, "worker": worker, "ratio": ratio, "env": extra_env}
+    summary["alpha_max_diff"] = max(diffs)
+    (results / "throughput.json").write_text(json.dumps(summary, indent=2))
+    return 0 if max(diffs) <= 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

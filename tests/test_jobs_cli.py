@@ -1,0 +1,412 @@
+"""`image-jobs` run as a real console script in a subprocess, against PostgreSQL and moto: its
+human and --json output, and the exit codes scripts rely on (0 ok, 1 a job failed or is unknown,
+2 bad arguments or settings, 3 a service cannot be reached)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from api_client.client import JobClient
+from tests.conftest import Aws
+from worker.jobs import decode_message
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / ".venv" / "bin" / "image-jobs"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.lines]
+
+
+@pytest.fixture
+def cli_env(database_url: str, aws: Aws) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SQS_QUEUE_URL": aws.queue_url,
+        "AWS_ENDPOINT_URL": aws.endpoint,
+        "AWS_REGION": "us-east-1",
+        "SOURCE_BUCKET": aws.bucket,
+        "AWS_MAX_ATTEMPTS": "1",
+        "CLIENT_CONNECT_TIMEOUT_SECONDS": "3",
+    }
+
+
+async def run(env: dict[str, str], *args: str, stdin: bytes | None = None) -> Result:
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout=60)
+    assert process.returncode is not None
+    return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+def one_clear_line(result: Result, *fragments: str) -> str:
+    """stderr is exactly one line, starting with the program name, with no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("image-jobs"), lines[0]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def insert_job(
+    db: asyncpg.Pool, status: str, *, error: str | None = None, age: timedelta = timedelta(0)
+) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    await db.execute(
+        """INSERT INTO image_processing_jobs
+               (id, source_bucket, source_key, status, error, attempts, created_at,
+                result_bucket, result_key)
+           VALUES ($1, 'b', 'sources/x.jpg', $2, $3, 2, now() - $4::interval,
+                   CASE WHEN $2 = 'completed' THEN 'b' END,
+                   CASE WHEN $2 = 'completed' THEN 'cutouts/x.png' END)""",
+        job_id,
+        status,
+        error,
+        age,
+    )
+    return job_id
+
+
+async def queued(aws: Aws, url: str | None = None) -> list[str]:
+    """Bodies of every visible message (left invisible)."""
+    bodies: list[str] = []
+    while True:
+        response = await aws.sqs.receive_message(
+            QueueUrl=url or aws.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=120
+        )
+        messages = response.get("Messages", [])
+        if not messages:
+            return bodies
+        bodies.extend(m["Body"] for m in messages)
+
+
+# -- usage and settings ---------------------------------------------------------------------------
+
+
+async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
+    cli_env: dict[str, str],
+) -> None:
+    assert (await run(cli_env, "--help")).code == 0
+    one_clear_line(r := await run(cli_env), "required: command")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "status", "not-a-uuid"), "not a job id")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "frobnicate"), "invalid choice")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "watch", "--interval", "-1"), "must be positive")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "retry-failed"), "or pass --all")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "inject", "/no/such/file.jpg"), "no such file")
+    assert r.code == 2
+    one_clear_line(r := await run(cli_env, "inject", "s3://bucket-only"), "s3://bucket/key")
+    assert r.code == 2
+
+    unset = {k: v for k, v in cli_env.items() if k != "DATABASE_URL"}
+    one_clear_line(r := await run(unset, "stats"), "DATABASE_URL must be set")
+    assert r.code == 2
+
+
+async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{closed_port()}/x"}
+    for command in (["stats"], ["list"], ["status", str(uuid.uuid4())], ["retry-queue-failed"]):
+        result = await run(env, *command)
+        line = one_clear_line(result, "cannot reach the database at 127.0.0.1")
+        assert "secret" not in line
+        assert result.code == 3, (command, result)
+        assert result.stdout == ""
+
+
+async def test_unreachable_sqs_exits_3_with_one_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    result = await run(env, "send-raw", '{"job_id": "x"}')
+    one_clear_line(result, "cannot reach SQS/S3 at http://127.0.0.1")
+    assert result.code == 3
+    (tmp_path / "a.jpg").write_bytes(b"jpeg")
+    result = await run(env, "inject", str(tmp_path / "a.jpg"))
+    one_clear_line(result, "cannot reach SQS/S3")
+    assert result.code == 3
+
+    result = await run(cli_env, "send-raw", "{}", "--queue-url", cli_env["SQS_QUEUE_URL"] + "-no")
+    one_clear_line(result, "not found")
+    assert result.code == 2
+
+
+# -- creating jobs ---------------------------------------------------------------------------------
+
+
+async def test_inject_folder_files_and_s3_objects_with_progress(
+    cli_env: dict[str, str], aws: Aws, producer: JobClient, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png", "c.JPEG"):
+        (folder / name).write_bytes(name.encode())
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "single.webp").write_bytes(b"webp")
+    await aws.put("existing/photo.jpg", b"already there")
+
+    result = await run(
+        cli_env, "inject", "--progress", "--book-id", "book-9",
+        str(folder), str(tmp_path / "single.webp"), f"s3://{aws.bucket}/existing/photo.jpg",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "inject: 4/4 uploaded" in result.stderr
+    assert len(result.lines) == 5
+    for line, label in zip(
+        result.lines,
+        [*(str(folder / n) for n in ("a.jpg", "b.png", "c.JPEG")), str(tmp_path / "single.webp"),
+         f"s3://{aws.bucket}/existing/photo.jpg"],
+        strict=True,
+    ):  # fmt: skip
+        job_id, status, shown = line.split(" ", 2)
+        assert (status, shown) == ("pending", label)
+        job = await producer.get_job(uuid.UUID(job_id))
+        assert job is not None
+        assert job.book_id == "book-9"
+    last = await producer.get_job(uuid.UUID(result.lines[-1].split()[0]))
+    assert last is not None
+    assert last.source_key == "existing/photo.jpg"
+    first = await producer.get_job(uuid.UUID(result.lines[0].split()[0]))
+    assert first is not None
+    assert await aws.get(first.source_key) == b"a.jpg"
+    assert len(await queued(aws)) == 5
+
+    result = await run(cli_env, "--json", "inject", str(tmp_path / "single.webp"))
+    assert result.code == 0
+    assert "uploaded" not in result.stderr  # no progress off a terminal unless asked
+    [payload] = result.json_lines()
+    assert payload["status"] == "pending"
+    assert payload["file"] == str(tmp_path / "single.webp")
+
+    result = await run(cli_env, "inject", f"s3://{aws.bucket}/missing.jpg")
+    one_clear_line(result, f"no such object: s3://{aws.bucket}/missing.jpg")
+    assert result.code == 2
+
+
+async def test_inject_with_the_queue_missing_keeps_queue_failed_jobs_and_exits_3(
+    cli_env: dict[str, str], aws: Aws, producer: JobClient, tmp_path: Path
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    env = {**cli_env, "SQS_QUEUE_URL": aws.queue_url + "-gone"}
+    result = await run(env, "inject", "--wait", str(tmp_path / "a.jpg"))
+    assert result.code == 3
+    one_clear_line(result, "1 job(s) saved but not queued", "retry-queue-failed")
+    job_id, status, _ = result.lines[0].split(" ", 2)
+    assert status == "queue_failed"
+
+    result = await run(cli_env, "retry-queue-failed")
+    assert (result.code, result.stdout.strip()) == (0, "re-sent 1, still queue_failed 0")
+    assert [decode_message(b) for b in await queued(aws)] == [uuid.UUID(job_id)]
+    job = await producer.get_job(uuid.UUID(job_id))
+    assert job is not None
+    assert job.status == "pending"
+
+
+async def test_enqueue_and_send_raw(cli_env: dict[str, str], aws: Aws) -> None:
+    await aws.put("books/1.jpg", b"x")
+    await aws.put("books/2.jpg", b"y")
+    result = await run(cli_env, "--json", "enqueue", "--key", "books/1.jpg", "--key", "books/2.jpg")
+    assert result.code == 0, result.stderr
+    jobs = result.json_lines()
+    assert [(j["source"], j["status"]) for j in jobs] == [
+        (f"s3://{aws.bucket}/books/1.jpg", "pending"),
+        (f"s3://{aws.bucket}/books/2.jpg", "pending"),
+    ]
+    result = await run(cli_env, "send-raw", "not json, a poison message")
+    assert result.code == 0
+    assert result.stdout.startswith("sent ")
+    result = await run(cli_env, "--json", "send-raw", "-", stdin=b'{"job_id": "nope"}')
+    assert result.json()["queue_url"] == aws.queue_url
+    bodies = await queued(aws)
+    assert sorted(bodies[2:]) == sorted(['{"job_id": "nope"}', "not json, a poison message"])
+    assert {str(decode_message(b)) for b in bodies[:2]} == {j["id"] for j in jobs}
+
+    result = await run(cli_env, "enqueue", "--key", "books/none.jpg")
+    one_clear_line(result, "no such object")
+    assert result.code == 2
+
+
+# -- looking -------------------------------------------------------------------------------------
+
+
+async def test_status_human_json_unknown_failed_and_wait(
+    cli_env: dict[str, str], db: asyncpg.Pool
+) -> None:
+    pending = await insert_job(db, "pending")
+    failed = await insert_job(db, "failed", error="not a supported image: HTML")
+
+    result = await run(cli_env, "status", str(pending))
+    assert result.code == 0
+    assert f"id          {pending}" in result.lines
+    assert "status      pending" in result.lines
+    assert "source      s3://b/sources/x.jpg" in result.lines
+
+    result = await run(cli_env, "status", str(failed), "--json")
+    assert result.code == 1  # the job failed
+    assert result.json()["status"] == "failed"
+    assert result.json()["error"] == "not a supported image: HTML"
+
+    unknown = uuid.uuid4()
+    result = await run(cli_env, "status", str(unknown))
+    one_clear_line(result, f"no job {unknown}")
+    assert (result.code, result.stdout) == (1, "")
+
+    result = await run(cli_env, "status", str(pending), "--wait", "--timeout", "0.5")
+    one_clear_line(result, "still pending after 0.5s")
+    assert result.code == 1
+
+    async def complete_soon() -> None:
+        await asyncio.sleep(1.0)
+        await db.execute(
+            """UPDATE image_processing_jobs SET status = 'completed', result_bucket = 'b',
+                      result_key = 'cutouts/y.png' WHERE id = $1""",
+            pending,
+        )
+
+    finisher = asyncio.create_task(complete_soon())
+    result = await run(cli_env, "--json", "status", "--wait", "--timeout", "20", str(pending))
+    await finisher
+    assert result.code == 0, result.stderr
+    assert result.json()["result"] == "s3://b/cutouts/y.png"
+
+
+async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, aws: Aws) -> None:
+    old = await insert_job(
+        db, "failed", error="gave up after 5 attempts: S3\ndown", age=timedelta(hours=2)
+    )
+    new = await insert_job(db, "failed", error="broken")
+    pending = await insert_job(db, "pending", age=timedelta(minutes=3))
+    await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="{}")
+
+    result = await run(cli_env, "list")
+    assert result.code == 0
+    assert result.lines[0].split() == ["ID", "STATUS", "TRIES", "AGE", "SOURCE", "/", "ERROR"]
+    assert [line.split()[0] for line in result.lines[1:]] == [str(new), str(pending), str(old)]
+    assert "gave up after 5 attempts: S3 down" in result.lines[3]
+    assert "2h00m" in result.lines[3]
+
+    result = await run(cli_env, "list", "--json", "--status", "failed", "--older-than", "1h")
+    assert [job["id"] for job in result.json()] == [str(old)]
+    result = await run(cli_env, "list", "--status", "completed")
+    assert result.stdout.strip() == "no jobs"
+    result = await run(cli_env, "list", "--older-than", "soon")
+    one_clear_line(result, "not a duration")
+    assert result.code == 2
+
+    result = await run(cli_env, "stats")
+    assert result.code == 0, result.stderr
+    assert result.lines[0].split() == [
+        "jobs", "pending=1", "queue_failed=0", "processing=0", "completed=0", "failed=2",
+    ]  # fmt: skip
+    assert result.lines[1].startswith("oldest pending  3m0")
+    assert result.lines[2].split() == ["queue", "visible=0", "in_flight=0", "delayed=0"]
+    assert result.lines[3].split() == ["dlq", "visible=1", "in_flight=0", "delayed=0"]
+    payload = (await run(cli_env, "stats", "--json")).json()
+    assert payload["counts"]["failed"] == 2
+    assert payload["dlq"]["visible"] == 1
+    assert 170 < payload["oldest_pending_age_seconds"] < 300
+
+    result = await run(cli_env, "watch", "--count", "3", "--interval", "0.2")
+    assert result.code == 0
+    assert len(result.lines) == 3
+    assert all("pending=1" in line and "dlq=1" in line for line in result.lines)
+    [tick] = (await run(cli_env, "watch", "--once", "--json")).json_lines()
+    assert tick["counts"]["failed"] == 2
+
+    env = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    result = await run(env, "stats")
+    assert result.code == 3
+    assert "queue           unavailable" in result.stdout
+    one_clear_line(result, "cannot read queue depth")
+
+
+# -- repairs -------------------------------------------------------------------------------------
+
+
+async def test_retry_failed_and_redrive_dlq(
+    cli_env: dict[str, str], db: asyncpg.Pool, aws: Aws, producer: JobClient
+) -> None:
+    chosen = await insert_job(db, "failed", error="gave up after 5 attempts: S3 down")
+    completed = await insert_job(db, "completed")
+    unknown = uuid.uuid4()
+
+    result = await run(cli_env, "retry-failed", str(chosen))
+    assert (result.code, result.stdout.strip()) == (0, "re-queued 1")
+    job = await producer.get_job(chosen)
+    assert job is not None
+    assert (job.status, job.attempts, job.error) == ("pending", 0, None)
+    assert [decode_message(b) for b in await queued(aws)] == [chosen]
+
+    result = await run(cli_env, "--json", "retry-failed", str(completed), str(unknown))
+    assert result.code == 1  # nothing to retry for these two
+    assert result.json()["skipped"] == {
+        str(completed): "status is completed, not failed",
+        str(unknown): "not found",
+    }
+
+    dead = await insert_job(db, "failed", error="gave up after 5 attempts: S3 down")
+    await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"job_id": str(dead)}))
+    await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="poison")
+    result = await run(cli_env, "redrive-dlq")
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip() == (
+        "moved 2 message(s) from the DLQ, reset 1 failed job(s), 1 without a job"
+    )
+    job = await producer.get_job(dead)
+    assert job is not None
+    assert (job.status, job.attempts, job.error) == ("pending", 0, None)
+    assert await aws.queue_counts(aws.dlq_url) == (0, 0)
+    assert sorted(await queued(aws)) == sorted(
+        ["poison", json.dumps({"job_id": str(dead), "v": 1})]
+    )
+
+    result = await run(cli_env, "--json", "redrive-dlq", "--dlq-url", aws.dlq_url)
+    assert result.json()["moved"] == 0
+
+    plain = (await aws.sqs.create_queue(QueueName=f"plain-{uuid.uuid4().hex[:8]}"))["QueueUrl"]
+    result = await run({**cli_env, "SQS_QUEUE_URL": plain}, "redrive-dlq")
+    one_clear_line(result, "no DLQ")
+    assert result.code == 2
