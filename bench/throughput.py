@@ -107,114 +107,117 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 
 
 async def run_worker(
-    photos: list[bytes], jobs: int, latency_jobs: int, extra_env: dict[str, str]
+    stack: tuple[str, str],
+    photos: list[bytes],
+    jobs: int,
+    latency_jobs: int,
+    extra_env: dict[str, str],
 ) -> dict[str, Any]:
     import aioboto3
     import aiohttp
     import asyncpg
 
-    if True:
-        admin_url, endpoint = extra_env.pop("_ADMIN_URL"), extra_env.pop("_ENDPOINT")
-        database_url = await recreate_database(admin_url, "image_worker_bench")
-        await migrate_url(database_url)
-        session = aioboto3.Session()
-        async with (
-            session.client("sqs", endpoint_url=endpoint) as sqs,
-            session.client("s3", endpoint_url=endpoint) as s3,
-        ):
-            queues = await create_queue_pair(sqs, "bench", max_receive_count=5)
-            await s3.create_bucket(Bucket="bench")
-            for index, data in enumerate(photos):
-                await s3.put_object(Bucket="bench", Key=f"src/{index}.jpg", Body=data)
-            pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-            port = 19100
-            env = {
-                **os.environ,
-                "DATABASE_URL": database_url,
-                "SQS_QUEUE_URL": queues.queue_url,
-                "AWS_ENDPOINT_URL": endpoint,
-                "U2NET_HOME": str(MODEL_HOME),
-                "METRICS_PORT": str(port),
-                "METRICS_HOST": "127.0.0.1",
-                "LOG_LEVEL": "warning",
-                **extra_env,
-            }
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "run", env=env
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                async with aiohttp.ClientSession() as http:
-                    while True:
-                        try:
-                            async with http.get(f"{url}/readyz") as response:
-                                if response.status == 200:
-                                    break
-                        except aiohttp.ClientError:
-                            pass
-                        if process.returncode is not None:
-                            raise RuntimeError("worker exited during start")
-                        await asyncio.sleep(0.2)
+    admin_url, endpoint = stack
+    database_url = await recreate_database(admin_url, "image_worker_bench")
+    await migrate_url(database_url)
+    session = aioboto3.Session()
+    async with (
+        session.client("sqs", endpoint_url=endpoint) as sqs,
+        session.client("s3", endpoint_url=endpoint) as s3,
+    ):
+        queues = await create_queue_pair(sqs, "bench", max_receive_count=5)
+        await s3.create_bucket(Bucket="bench")
+        for index, data in enumerate(photos):
+            await s3.put_object(Bucket="bench", Key=f"src/{index}.jpg", Body=data)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        port = 19100
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "SQS_QUEUE_URL": queues.queue_url,
+            "AWS_ENDPOINT_URL": endpoint,
+            "U2NET_HOME": str(MODEL_HOME),
+            "METRICS_PORT": str(port),
+            "METRICS_HOST": "127.0.0.1",
+            "LOG_LEVEL": "warning",
+            **extra_env,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "run", env=env
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    try:
+                        async with http.get(f"{url}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if process.returncode is not None:
+                        raise RuntimeError("worker exited during start")
+                    await asyncio.sleep(0.2)
 
-                ids = [uuid.uuid4() for _ in range(jobs)]
-                await pool.executemany(
+            ids = [uuid.uuid4() for _ in range(jobs)]
+            await pool.executemany(
+                "INSERT INTO image_processing_jobs (id, source_bucket, source_key)"
+                " VALUES ($1, 'bench', $2)",
+                [(job_id, f"src/{i % len(photos)}.jpg") for i, job_id in enumerate(ids)],
+            )
+            rss_at_100 = None
+            started = time.perf_counter()
+            for start in range(0, jobs, 10):
+                await sqs.send_message_batch(
+                    QueueUrl=queues.queue_url,
+                    Entries=[
+                        {"Id": str(n), "MessageBody": encode_message(job_id)}
+                        for n, job_id in enumerate(ids[start : start + 10])
+                    ],
+                )
+            while True:
+                done = await pool.fetchval(
+                    "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
+                )
+                if rss_at_100 is None and done >= min(100, jobs):
+                    rss_at_100 = rss_mib(process.pid)
+                if done >= jobs:
+                    break
+                failed = await pool.fetchval(
+                    "SELECT count(*) FROM image_processing_jobs WHERE status = 'failed'"
+                )
+                if failed:
+                    raise RuntimeError(f"{failed} jobs failed")
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            rss_end = rss_mib(process.pid)
+            peak = rss_mib(process.pid, "VmHWM")
+            metrics = await scrape(url)
+
+            latencies = []
+            for index in range(latency_jobs):
+                job_id = uuid.uuid4()
+                await pool.execute(
                     "INSERT INTO image_processing_jobs (id, source_bucket, source_key)"
                     " VALUES ($1, 'bench', $2)",
-                    [(job_id, f"src/{i % len(photos)}.jpg") for i, job_id in enumerate(ids)],
+                    job_id,
+                    f"src/{index % len(photos)}.jpg",
                 )
-                rss_at_100 = None
-                started = time.perf_counter()
-                for start in range(0, jobs, 10):
-                    await sqs.send_message_batch(
-                        QueueUrl=queues.queue_url,
-                        Entries=[
-                            {"Id": str(n), "MessageBody": encode_message(job_id)}
-                            for n, job_id in enumerate(ids[start : start + 10])
-                        ],
-                    )
-                while True:
-                    done = await pool.fetchval(
-                        "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
-                    )
-                    if rss_at_100 is None and done >= min(100, jobs):
-                        rss_at_100 = rss_mib(process.pid)
-                    if done >= jobs:
-                        break
-                    failed = await pool.fetchval(
-                        "SELECT count(*) FROM image_processing_jobs WHERE status = 'failed'"
-                    )
-                    if failed:
-                        raise RuntimeError(f"{failed} jobs failed")
-                    await asyncio.sleep(0.05)
-                elapsed = time.perf_counter() - started
-                rss_end = rss_mib(process.pid)
-                peak = rss_mib(process.pid, "VmHWM")
-                metrics = await scrape(url)
+                sent = time.perf_counter()
+                body = encode_message(job_id)
+                await sqs.send_message(QueueUrl=queues.queue_url, MessageBody=body)
+                latencies.append(await completed_after(pool, job_id, sent))
 
-                latencies = []
-                for index in range(latency_jobs):
-                    job_id = uuid.uuid4()
-                    await pool.execute(
-                        "INSERT INTO image_processing_jobs (id, source_bucket, source_key)"
-                        " VALUES ($1, 'bench', $2)",
-                        job_id,
-                        f"src/{index % len(photos)}.jpg",
-                    )
-                    sent = time.perf_counter()
-                    body = encode_message(job_id)
-                    await sqs.send_message(QueueUrl=queues.queue_url, MessageBody=body)
-                    latencies.append(await completed_after(pool, job_id, sent))
-
-                alphas = []
-                for job_id in ids[: len(photos)]:
-                    response = await s3.get_object(Bucket="bench", Key=f"cutouts/{job_id}.png")
-                    async with response["Body"] as body:
-                        alphas.append(alpha_of(await body.read()))
-            finally:
-                if process.returncode is None:
-                    process.terminate()
-                    await process.wait()
-                await pool.close()
+            alphas = []
+            for job_id in ids[: len(photos)]:
+                response = await s3.get_object(Bucket="bench", Key=f"cutouts/{job_id}.png")
+                async with response["Body"] as body:
+                    alphas.append(alpha_of(await body.read()))
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                await process.wait()
+            await pool.close()
 
     stages = {
         key.split('"')[1]: value
@@ -265,8 +268,9 @@ def main() -> int:
     print(f"baseline: {baseline['images_per_second']:.2f} images/s", flush=True)
     jobs = max(args.jobs, len(photos))
     with postgres_server() as admin_url, moto_server() as endpoint:
-        extra_env.update(_ADMIN_URL=admin_url, _ENDPOINT=endpoint)
-        worker = asyncio.run(run_worker(photos, jobs, args.latency_jobs, extra_env))
+        worker = asyncio.run(
+            run_worker((admin_url, endpoint), photos, jobs, args.latency_jobs, extra_env)
+        )
 
     diffs = [
         int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())

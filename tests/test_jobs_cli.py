@@ -112,7 +112,10 @@ async def queued(aws: Aws, url: str | None = None) -> list[str]:
     bodies: list[str] = []
     while True:
         response = await aws.sqs.receive_message(
-            QueueUrl=url or aws.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=120
+            QueueUrl=url or aws.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=120,
         )
         messages = response.get("Messages", [])
         if not messages:

@@ -91,6 +91,8 @@ class WorkerApp:
             self.health.model_loaded = True
 
             background = [QueueStatsPoller(settings, sqs, pool, self.metrics).run()]
+            if model.batcher is not None:
+                background.append(model.batcher.run())
             protection: TaskProtection | None = None
             if settings.ecs_agent_uri:
                 http = await stack.enter_async_context(aiohttp.ClientSession())

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import structlog
 from PIL import Image
 
+from worker.batching import MicroBatcher, with_symbolic_batch
 from worker.models import ModelUnavailable, verify_model
 from worker.settings import Settings
 
@@ -75,6 +76,7 @@ class ModelRunner:
         self.model_name = model_name
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
         self.load_seconds = 0.0
+        self.batcher: MicroBatcher | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRunner:
@@ -102,6 +104,8 @@ class ModelRunner:
                 f"{', '.join(choice.names)}): CUDA or cuDNN libraries are missing or mismatched"
             )
         runner = cls(session, provider, settings.model_name, settings.inference_threads)
+        if settings.batch_size > 1:
+            runner.enable_batching(settings, options, choice)
         runner.predict(Image.new("RGB", (320, 320), (128, 128, 128)))  # warm-up
         runner.load_seconds = time.perf_counter() - started
         log.info(
@@ -112,6 +116,20 @@ class ModelRunner:
             seconds=round(runner.load_seconds, 3),
         )
         return runner
+
+    def enable_batching(
+        self, settings: Settings, options: ort.SessionOptions, choice: ProviderChoice
+    ) -> None:
+        if not self.split:
+            raise ModelUnavailable(
+                f"BATCH_SIZE={settings.batch_size} needs a u2net-family model, not "
+                f"{settings.model_name!r}: set BATCH_SIZE=1"
+            )
+        model = with_symbolic_batch(verify_model(settings.model_home, settings.model_name))
+        session = ort.InferenceSession(model, sess_options=options, providers=choice.requested)
+        self.batcher = MicroBatcher(
+            session, self.executor, settings.batch_size, settings.batch_wait_seconds
+        )
 
     @property
     def split(self) -> bool:
@@ -147,6 +165,10 @@ class ModelRunner:
         return mask.resize(size, Image.Resampling.LANCZOS)
 
     async def infer(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
+        if self.batcher is not None and not isinstance(model_input, Image.Image):
+            started = time.perf_counter()
+            tensor = model_input[self.batcher.input_name]
+            return await self.batcher.infer(tensor), time.perf_counter() - started
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._timed_run, model_input)
 

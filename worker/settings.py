@@ -41,6 +41,8 @@ class Settings:
     require_gpu: bool
     ort_intra_op_threads: int
     ort_allow_spinning: bool
+    batch_size: int
+    batch_wait_seconds: float
     png_compress_level: int
     max_image_bytes: int
     max_image_pixels: int
@@ -88,6 +90,8 @@ class Settings:
             require_gpu=reader.boolean("REQUIRE_GPU", False),
             ort_intra_op_threads=reader.integer("ORT_INTRA_OP_THREADS", 0, low=0, high=256),
             ort_allow_spinning=reader.boolean("ORT_ALLOW_SPINNING", False),
+            batch_size=reader.integer("BATCH_SIZE", 1, low=1, high=64),
+            batch_wait_seconds=reader.number("BATCH_WAIT_MS", 5.0, low=0.0, high=1000) / 1000,
             png_compress_level=reader.integer("PNG_COMPRESS_LEVEL", 1, low=0, high=9),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", 50 * 1024 * 1024, low=1),
             max_image_pixels=reader.integer("MAX_IMAGE_PIXELS", 64_000_000, low=1),
