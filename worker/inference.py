@@ -87,6 +87,9 @@ class ModelRunner:
         from rembg import new_session
 
         choice = choose_providers(settings.execution_provider, ort.get_available_providers())
+        if CUDA in choice.names and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from pip wheels (nvidia-*) are found only once preloaded.
+            ort.preload_dlls()
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = 1
