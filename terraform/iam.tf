@@ -93,9 +93,10 @@ resource "aws_iam_role" "task" {
 }
 
 locals {
-  # What the worker calls (worker/consumer.py): ReceiveMessage, DeleteMessageBatch,
-  # ChangeMessageVisibility(Batch), GetQueueAttributes. IAM authorises the *Batch calls with the
-  # single-message action names (there is no sqs:DeleteMessageBatch action).
+  # What the worker calls (worker/consumer.py, worker/queue_stats.py): ReceiveMessage,
+  # DeleteMessageBatch, ChangeMessageVisibility(Batch), GetQueueAttributes, GetQueueUrl. IAM
+  # authorises the *Batch calls with the single-message action names (there is no
+  # sqs:DeleteMessageBatch action).
   task_sqs_actions = [
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
@@ -103,6 +104,7 @@ locals {
     "sqs:GetQueueUrl",
     "sqs:GetQueueAttributes",
   ]
+  task_dlq_actions  = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
   source_object_arn = "arn:${local.partition}:s3:::${var.source_bucket}/${var.source_prefix}*"
   result_object_arn = "arn:${local.partition}:s3:::${local.result_bucket}/${var.result_prefix}*"
 }
@@ -112,6 +114,14 @@ data "aws_iam_policy_document" "task" {
     sid       = "ConsumeThisQueue"
     actions   = local.task_sqs_actions
     resources = [aws_sqs_queue.jobs.arn]
+  }
+
+  # worker/queue_stats.py reports the DLQ's depth as a gauge: it finds the DLQ from the queue's
+  # RedrivePolicy (GetQueueUrl) and reads its counts (GetQueueAttributes). Read-only.
+  statement {
+    sid       = "ReadDlqDepth"
+    actions   = local.task_dlq_actions
+    resources = [aws_sqs_queue.dlq.arn]
   }
 
   dynamic "statement" {

@@ -405,16 +405,22 @@ def _resolve(module: Module, value: Any) -> Any:
 
 def test_task_role_sqs_actions_cover_what_the_worker_calls(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["task"]
-    sqs = [
-        s for s in _statements(document) if any("sqs:" in a for a in _resolve(module, s["actions"]))
-    ]
-    assert len(sqs) == 1, "one statement for the queue"
-    granted = set(_resolve(module, sqs[0]["actions"]))
+    sqs = {
+        statement["sid"]: statement
+        for statement in _statements(document)
+        if any("sqs:" in action for action in _resolve(module, statement["actions"]))
+    }
+    assert set(sqs) == {"ConsumeThisQueue", "ReadDlqDepth"}
+    granted = set(_resolve(module, sqs["ConsumeThisQueue"]["actions"]))
     needed = {iam_action(method) for method in worker_sqs_calls()}
     needed |= {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
     assert needed <= granted, f"task role lacks {sorted(needed - granted)}"
-    assert sqs[0]["resources"] == ["${aws_sqs_queue.jobs.arn}"], "this queue only"
+    assert sqs["ConsumeThisQueue"]["resources"] == ["${aws_sqs_queue.jobs.arn}"], "this queue only"
     assert not any("*" in action for action in granted)
+    # The DLQ: read its depth (worker/queue_stats.py), never consume from it.
+    dlq = sqs["ReadDlqDepth"]
+    assert dlq["resources"] == ["${aws_sqs_queue.dlq.arn}"]
+    assert set(_resolve(module, dlq["actions"])) == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
 
 
 def test_task_role_s3_is_scoped_to_prefixes_and_nothing_is_star(module: Module) -> None:
