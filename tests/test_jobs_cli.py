@@ -129,21 +129,22 @@ async def queued(aws: Aws, url: str | None = None) -> list[str]:
 async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
     cli_env: dict[str, str],
 ) -> None:
-    assert (await run(cli_env, "--help")).code == 0
-    one_clear_line(r := await run(cli_env), "required: command")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "status", "not-a-uuid"), "not a job id")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "frobnicate"), "invalid choice")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "watch", "--interval", "-1"), "must be positive")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "retry-failed"), "or pass --all")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "inject", "/no/such/file.jpg"), "no such file")
-    assert r.code == 2
-    one_clear_line(r := await run(cli_env, "inject", "s3://bucket-only"), "s3://bucket/key")
-    assert r.code == 2
+    cases = {
+        (): "required: command",
+        ("status", "not-a-uuid"): "not a job id",
+        ("frobnicate",): "invalid choice",
+        ("watch", "--interval", "-1"): "must be positive",
+        ("list", "--limit", "many"): "not a whole number",
+        ("retry-failed",): "or pass --all",
+        ("inject", "/no/such/file.jpg"): "no such file",
+        ("inject", "s3://bucket-only"): "s3://bucket/key",
+    }
+    results = await asyncio.gather(*(run(cli_env, *args) for args in cases), run(cli_env, "-h"))
+    assert results[-1].code == 0
+    assert "Exit codes" in results[-1].stdout
+    for (args, fragment), result in zip(cases.items(), results, strict=False):
+        one_clear_line(result, fragment)
+        assert result.code == 2, args
 
     unset = {k: v for k, v in cli_env.items() if k != "DATABASE_URL"}
     one_clear_line(r := await run(unset, "stats"), "DATABASE_URL must be set")
@@ -152,8 +153,9 @@ async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
 
 async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{closed_port()}/x"}
-    for command in (["stats"], ["list"], ["status", str(uuid.uuid4())], ["retry-queue-failed"]):
-        result = await run(env, *command)
+    commands = (["stats"], ["list"], ["status", str(uuid.uuid4())], ["retry-queue-failed"])
+    results = await asyncio.gather(*(run(env, *command) for command in commands))
+    for command, result in zip(commands, results, strict=True):
         line = one_clear_line(result, "cannot reach the database at 127.0.0.1")
         assert "secret" not in line
         assert result.code == 3, (command, result)
@@ -323,47 +325,52 @@ async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, a
     new = await insert_job(db, "failed", error="broken")
     pending = await insert_job(db, "pending", age=timedelta(minutes=3))
     await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="{}")
+    sqs_down = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    (
+        listed, failed_json, no_jobs, bad_age, stats, stats_json, watched, once, degraded
+    ) = await asyncio.gather(
+        run(cli_env, "list"),
+        run(cli_env, "list", "--json", "--status", "failed", "--older-than", "1h"),
+        run(cli_env, "list", "--status", "completed"),
+        run(cli_env, "list", "--older-than", "soon"),
+        run(cli_env, "stats"),
+        run(cli_env, "stats", "--json"),
+        run(cli_env, "watch", "--count", "3", "--interval", "0.2"),
+        run(cli_env, "watch", "--once", "--json"),
+        run(sqs_down, "stats"),
+    )  # fmt: skip
 
-    result = await run(cli_env, "list")
-    assert result.code == 0
-    assert result.lines[0].split() == ["ID", "STATUS", "TRIES", "AGE", "SOURCE", "/", "ERROR"]
-    assert [line.split()[0] for line in result.lines[1:]] == [str(new), str(pending), str(old)]
-    assert "gave up after 5 attempts: S3 down" in result.lines[3]
-    assert "2h00m" in result.lines[3]
+    assert listed.code == 0
+    assert listed.lines[0].split() == ["ID", "STATUS", "TRIES", "AGE", "SOURCE", "/", "ERROR"]
+    assert [line.split()[0] for line in listed.lines[1:]] == [str(new), str(pending), str(old)]
+    assert "gave up after 5 attempts: S3 down" in listed.lines[3]
+    assert "2h00m" in listed.lines[3]
+    assert [job["id"] for job in failed_json.json()] == [str(old)]
+    assert no_jobs.stdout.strip() == "no jobs"
+    one_clear_line(bad_age, "not a duration")
+    assert bad_age.code == 2
 
-    result = await run(cli_env, "list", "--json", "--status", "failed", "--older-than", "1h")
-    assert [job["id"] for job in result.json()] == [str(old)]
-    result = await run(cli_env, "list", "--status", "completed")
-    assert result.stdout.strip() == "no jobs"
-    result = await run(cli_env, "list", "--older-than", "soon")
-    one_clear_line(result, "not a duration")
-    assert result.code == 2
-
-    result = await run(cli_env, "stats")
-    assert result.code == 0, result.stderr
-    assert result.lines[0].split() == [
+    assert stats.code == 0, stats.stderr
+    assert stats.lines[0].split() == [
         "jobs", "pending=1", "queue_failed=0", "processing=0", "completed=0", "failed=2",
     ]  # fmt: skip
-    assert result.lines[1].startswith("oldest pending  3m0")
-    assert result.lines[2].split() == ["queue", "visible=0", "in_flight=0", "delayed=0"]
-    assert result.lines[3].split() == ["dlq", "visible=1", "in_flight=0", "delayed=0"]
-    payload = (await run(cli_env, "stats", "--json")).json()
+    assert stats.lines[1].startswith("oldest pending  3m0")
+    assert stats.lines[2].split() == ["queue", "visible=0", "in_flight=0", "delayed=0"]
+    assert stats.lines[3].split() == ["dlq", "visible=1", "in_flight=0", "delayed=0"]
+    payload = stats_json.json()
     assert payload["counts"]["failed"] == 2
     assert payload["dlq"]["visible"] == 1
     assert 170 < payload["oldest_pending_age_seconds"] < 300
 
-    result = await run(cli_env, "watch", "--count", "3", "--interval", "0.2")
-    assert result.code == 0
-    assert len(result.lines) == 3
-    assert all("pending=1" in line and "dlq=1" in line for line in result.lines)
-    [tick] = (await run(cli_env, "watch", "--once", "--json")).json_lines()
+    assert watched.code == 0
+    assert len(watched.lines) == 3
+    assert all("pending=1" in line and "dlq=1" in line for line in watched.lines)
+    [tick] = once.json_lines()
     assert tick["counts"]["failed"] == 2
 
-    env = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
-    result = await run(env, "stats")
-    assert result.code == 3
-    assert "queue           unavailable" in result.stdout
-    one_clear_line(result, "cannot read queue depth")
+    assert degraded.code == 3
+    assert "queue           unavailable" in degraded.stdout
+    one_clear_line(degraded, "cannot read queue depth")
 
 
 # -- repairs -------------------------------------------------------------------------------------
