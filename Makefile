@@ -41,11 +41,11 @@ dev: install
 test: install system-deps tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint:
+lint: $(BIN)/image-worker
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck:
+typecheck: $(BIN)/image-worker
 	$(BIN)/mypy
 
 bench: install

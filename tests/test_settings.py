@@ -34,7 +34,7 @@ def test_defaults_are_sane() -> None:
             "21",
             "WAIT_TIME_SECONDS=21 is out of range: must be between 0 and 20",
         ),
-        ("VISIBILITY_TIMEOUT_SECONDS", "5", "VISIBILITY_TIMEOUT_SECONDS=5 is out of range"),
+        ("VISIBILITY_TIMEOUT_SECONDS", "1", "VISIBILITY_TIMEOUT_SECONDS=1 is out of range"),
         ("HEARTBEAT_INTERVAL_SECONDS", "90", "must be shorter than VISIBILITY_TIMEOUT_SECONDS"),
         ("DRAIN_SECONDS", "nan", "DRAIN_SECONDS='nan' is not a number"),
         ("DRAIN_SECONDS", "-1", "DRAIN_SECONDS=-1 is out of range"),
