@@ -1,5 +1,27 @@
-"""The producer side: create background-removal jobs and inspect them."""
+"""The producer side: create background-removal jobs, inspect them, repair the queue."""
 
-from api_client.client import ClientSettings, JobClient
+from api_client.admin import DlqRedrive, QueueDepth, QueueStats, Requeued
+from api_client.client import (
+    ClientConfigError,
+    ClientSettings,
+    JobClient,
+    JobNotFound,
+    JobWaitTimeout,
+    NewJob,
+)
+from worker.jobs import Job, JobStatus
 
-__all__ = ["ClientSettings", "JobClient"]
+__all__ = [
+    "ClientConfigError",
+    "ClientSettings",
+    "DlqRedrive",
+    "Job",
+    "JobClient",
+    "JobNotFound",
+    "JobStatus",
+    "JobWaitTimeout",
+    "NewJob",
+    "QueueDepth",
+    "QueueStats",
+    "Requeued",
+]

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -408,7 +408,7 @@ async def cmd_watch(settings: ClientSettings, args: argparse.Namespace, out: Out
             if printed:
                 await asyncio.sleep(args.interval)
             stats = await client.stats()
-            out.emit(stats.to_dict(), watch_line(stats))
+            out.emit({"time": datetime.now(UTC).isoformat(), **stats.to_dict()}, watch_line(stats))
             printed += 1
     return EXIT_OK
 

@@ -215,6 +215,21 @@ async def test_create_job_without_a_bucket_is_a_config_error(database_url: str, 
             await client.create_job("sources/a.jpg")
 
 
+async def test_a_client_on_the_callers_pool_and_clients_leaves_them_open(
+    database_url: str, db: asyncpg.Pool, aws: Aws
+) -> None:
+    settings = settings_for(database_url, aws)
+    async with JobClient.connect(settings, pool=db, sqs=aws.sqs, s3=aws.s3) as client:
+        assert (client.pool, client.sqs, client.s3) == (db, aws.sqs, aws.s3)
+        job = await client.create_job("sources/a.jpg")
+    plain = JobClient(settings, db, aws.sqs)  # opens nothing, closes nothing
+    assert (await plain.get_job(job.id)) == job
+    assert await db.fetchval("SELECT count(*) FROM image_processing_jobs") == 1
+    assert await drain(aws) == [job.id]
+    with pytest.raises(ClientConfigError, match="no S3 client"):
+        await plain.upload_source("k", b"x")
+
+
 # -- create_jobs ----------------------------------------------------------------------------------
 
 
