@@ -236,6 +236,9 @@ async def run_worker(
             stage: 1000 * value / max(1, metrics[f'{COUNT}{{stage="{stage}"}}'])
             for stage, value in stages.items()
         },
+        "model_run_ms": 1000
+        * metrics["image_worker_inference_seconds_sum"]
+        / max(1, metrics["image_worker_inference_seconds_count"]),
         "rss_at_100_mib": rss_at_100,
         "rss_end_mib": rss_end,
         "peak_rss_mib": peak,
@@ -285,6 +288,7 @@ def main() -> int:
         ("baseline per-image time p50", f"{1000 * baseline['per_image_p50']:.0f} ms"),
         ("worker latency p50 / p95 (one job at a time)",
          f"{1000 * worker['latency_p50']:.0f} / {1000 * worker['latency_p95']:.0f} ms"),
+        ("worker model run (ONNX Runtime) mean", f"{worker['model_run_ms']:.0f} ms"),
         ("baseline peak RSS", f"{baseline['peak_rss_mib']:.0f} MiB"),
         ("worker peak RSS", f"{worker['peak_rss_mib']:.0f} MiB"),
         (f"worker RSS job 100 -> job {worker['images']}",

@@ -82,7 +82,7 @@ class Settings:
             result_prefix=reader.text("RESULT_PREFIX", "cutouts/"),
             worker_id=reader.text("WORKER_ID", f"{socket.gethostname()}-{os.getpid()}"),
             concurrency=concurrency,
-            inference_threads=reader.integer("INFERENCE_THREADS", 1, low=1, high=64),
+            inference_threads=reader.integer("INFERENCE_THREADS", 2, low=1, high=64),
             cpu_threads=reader.integer("CPU_THREADS", max(2, os.cpu_count() or 2), low=1, high=256),
             model_name=reader.text("MODEL_NAME", "u2netp"),
             model_home=Path(reader.text("U2NET_HOME", str(Path.home() / ".u2net"))).expanduser(),
