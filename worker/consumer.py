@@ -205,6 +205,8 @@ class Consumer:
                 batch.append(self._delete_queue.get_nowait())
             try:
                 await self._delete_batch(batch)
+            except Exception:  # the messages return and are dropped then; keep deleting
+                log.exception("delete batch crashed")
             finally:
                 for _ in batch:
                     self._delete_queue.task_done()
@@ -231,8 +233,12 @@ class Consumer:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
             entries = [e for e in self.in_flight.values() if not e.settled]
-            if entries:
+            if not entries:
+                continue
+            try:
                 await self._extend(entries)
+            except Exception:  # a heartbeat bug must not take the daemon down with it
+                log.exception("visibility heartbeat crashed")
 
     async def _extend(self, entries: list[InFlight]) -> None:
         timeout = self.settings.visibility_timeout_seconds
