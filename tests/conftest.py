@@ -104,6 +104,21 @@ class Aws:
         response = await self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
         return [item["Key"] for item in response.get("Contents", [])]
 
+    async def receive_all(self, url: str | None = None) -> list[str]:
+        """Bodies of every visible message, received and left invisible for two minutes."""
+        bodies: list[str] = []
+        while True:
+            response = await self.sqs.receive_message(
+                QueueUrl=url or self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                VisibilityTimeout=120,
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                return bodies
+            bodies.extend(m["Body"] for m in messages)
+
     async def queue_counts(self, url: str | None = None) -> tuple[int, int]:
         """(visible, in flight) messages."""
         response = await self.sqs.get_queue_attributes(

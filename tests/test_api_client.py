@@ -65,18 +65,7 @@ def missing_queue_url(aws: Aws) -> str:
 
 async def drain(aws: Aws, url: str | None = None) -> list[uuid.UUID]:
     """Receive every visible message of the queue (kept invisible); their job ids."""
-    ids: list[uuid.UUID] = []
-    while True:
-        response = await aws.sqs.receive_message(
-            QueueUrl=url or aws.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            VisibilityTimeout=120,
-        )
-        messages = response.get("Messages", [])
-        if not messages:
-            return ids
-        ids.extend(decode_message(m["Body"]) for m in messages)
+    return [decode_message(body) for body in await aws.receive_all(url)]
 
 
 async def insert_job(

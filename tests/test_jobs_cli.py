@@ -109,18 +109,7 @@ async def insert_job(
 
 async def queued(aws: Aws, url: str | None = None) -> list[str]:
     """Bodies of every visible message (left invisible)."""
-    bodies: list[str] = []
-    while True:
-        response = await aws.sqs.receive_message(
-            QueueUrl=url or aws.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            VisibilityTimeout=120,
-        )
-        messages = response.get("Messages", [])
-        if not messages:
-            return bodies
-        bodies.extend(m["Body"] for m in messages)
+    return await aws.receive_all(url)
 
 
 # -- usage and settings ---------------------------------------------------------------------------
