@@ -136,3 +136,23 @@ async def test_transient_failures_back_off_then_exhausted_jobs_fail_and_go_to_th
     assert metrics['image_worker_jobs_total{outcome="failed"}'] == 1
     assert metrics['image_worker_job_failures_total{kind="transient",reason="s3_error"}'] == 2
     assert metrics['image_worker_dependency_up{dependency="s3"}'] == 0
+
+
+async def test_a_job_delivered_past_its_last_attempt_is_failed_without_running(
+    start_worker: StartWorker, producer: JobClient, aws: Aws
+) -> None:
+    scene, _ = synthetic_scene(seed=10)
+    await aws.put("killer.jpg", scene)
+    job = await producer.create_job("killer.jpg")
+    for _ in range(2):  # two deliveries whose worker "died": received, never settled
+        response = await aws.sqs.receive_message(QueueUrl=aws.queue_url, VisibilityTimeout=0)
+        assert len(response["Messages"]) == 1
+    worker = await start_worker(MAX_ATTEMPTS="2")
+
+    row = (await wait_finished(producer, [job.id]))[job.id]
+    assert row.status is JobStatus.FAILED
+    assert row.error is not None
+    assert row.error.startswith("gave up after 2 attempts: no attempt finished")
+    metrics = await scrape(worker.url)
+    assert metrics["image_worker_inference_seconds_count"] == 0
+    assert await aws.keys("cutouts/") == []

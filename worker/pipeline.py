@@ -66,6 +66,20 @@ class JobProcessor:
     async def process(
         self, job_id: uuid.UUID, receive_count: int, sent_at: float | None
     ) -> Outcome:
+        if receive_count > self.settings.max_attempts:
+            # Delivered again after its last allowed attempt: that attempt never reported back
+            # (the worker died, e.g. out of memory). Fail the row instead of trying once more.
+            reason = (
+                f"gave up after {receive_count - 1} attempts: no attempt finished"
+                " (worker crashed or was killed while processing it)"
+            )
+            try:
+                if await self.store.fail_unclaimed(job_id, reason):
+                    log.warning("job failed: attempts exhausted", reason=reason)
+                    self.metrics.jobs.labels("failed").inc()
+                    return Outcome(Action.LEAVE, label="exhausted")
+            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+                return self._retry_unclaimed(classify(exc, stage="claim"), receive_count)
         try:
             with self.metrics.time_stage("claim"):
                 claim = await self.store.claim(
