@@ -73,3 +73,25 @@ def test_run_with_bad_setting_exits_2_naming_it() -> None:
     assert completed.returncode == 2
     assert "WORKER_CONCURRENCY='lots' is not an integer" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_run_with_unreachable_database_exits_3_with_one_reason() -> None:
+    env = {
+        **VALID,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere",
+        "METRICS_PORT": "0",
+        "LOG_FORMAT": "console",
+        "PATH": "",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 3
+    assert "cannot start" in completed.stderr
+    assert "a dependency is unreachable" in completed.stderr
+    assert "Traceback" not in completed.stderr

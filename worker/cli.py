@@ -57,6 +57,8 @@ def _run() -> int:
         print(f"image-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    import asyncpg
+
     from worker.app import WorkerApp
     from worker.models import ModelUnavailable
 
@@ -67,6 +69,12 @@ def _run() -> int:
             await app.run()
         except ModelUnavailable as exc:
             structlog.get_logger("worker").error("cannot start", reason=str(exc))
+            return EXIT_START_FAILED
+        except (OSError, asyncpg.PostgresError) as exc:
+            if app.ready.is_set():
+                raise
+            reason = f"a dependency is unreachable: {type(exc).__name__}: {exc}"
+            structlog.get_logger("worker").error("cannot start", reason=reason)
             return EXIT_START_FAILED
         return 0
 

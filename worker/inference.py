@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,7 @@ class ModelRunner:
     def load(cls, settings: Settings) -> ModelRunner:
         """Blocking: verify the weights, build the session, run a warm-up inference."""
         started = time.perf_counter()
-        verify_model(settings.model_home, settings.model_name)
+        model_file = verify_model(settings.model_home, settings.model_name)
         os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
         from rembg import new_session
 
@@ -121,12 +122,12 @@ class ModelRunner:
             # A lone job gets every core (latency); overlapping runs get one thread each, which
             # beats two runs fighting over all cores (throughput). Same weights, same results.
             runner.overlap_session = ort.InferenceSession(
-                str(verify_model(settings.model_home, settings.model_name)),
+                str(model_file),
                 sess_options=session_options(settings, 1),
                 providers=[CPU],
             )
         if settings.batch_size > 1:
-            runner.enable_batching(settings, options, choice)
+            runner.enable_batching(settings, model_file, options, choice)
         runner.predict(Image.new("RGB", (320, 320), (128, 128, 128)))  # warm-up
         runner.load_seconds = time.perf_counter() - started
         log.info(
@@ -139,14 +140,18 @@ class ModelRunner:
         return runner
 
     def enable_batching(
-        self, settings: Settings, options: ort.SessionOptions, choice: ProviderChoice
+        self,
+        settings: Settings,
+        model_file: Path,
+        options: ort.SessionOptions,
+        choice: ProviderChoice,
     ) -> None:
         if not self.split:
             raise ModelUnavailable(
                 f"BATCH_SIZE={settings.batch_size} needs a u2net-family model, not "
                 f"{settings.model_name!r}: set BATCH_SIZE=1"
             )
-        model = with_symbolic_batch(verify_model(settings.model_home, settings.model_name))
+        model = with_symbolic_batch(model_file)
         session = ort.InferenceSession(model, sess_options=options, providers=choice.requested)
         self.batcher = MicroBatcher(
             session, self.executor, settings.batch_size, settings.batch_wait_seconds
