@@ -28,15 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import scrape, synthetic_scene  # noqa: E402
-from worker.devstack import (  # noqa: E402
-    create_queue_pair,
-    moto_server,
-    postgres_server,
-    recreate_database,
-    sample_photos,
-)
+from worker.devstack import moto_server, postgres_server, provision, sample_photos  # noqa: E402
 from worker.jobs import encode_message  # noqa: E402
-from worker.migrate import migrate_url  # noqa: E402
 
 SIZE = (1600, 1200)
 COUNT = "image_worker_stage_duration_seconds_count"
@@ -118,15 +111,14 @@ async def run_worker(
     import asyncpg
 
     admin_url, endpoint = stack
-    database_url = await recreate_database(admin_url, "image_worker_bench")
-    await migrate_url(database_url)
+    database_url, queues = await provision(
+        admin_url, endpoint, database="image_worker_bench", queue="bench", bucket="bench"
+    )
     session = aioboto3.Session()
     async with (
         session.client("sqs", endpoint_url=endpoint) as sqs,
         session.client("s3", endpoint_url=endpoint) as s3,
     ):
-        queues = await create_queue_pair(sqs, "bench", max_receive_count=5)
-        await s3.create_bucket(Bucket="bench")
         for index, data in enumerate(photos):
             await s3.put_object(Bucket="bench", Key=f"src/{index}.jpg", Body=data)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)

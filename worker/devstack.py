@@ -131,6 +131,26 @@ def database_url_for(admin_url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
+async def provision(
+    admin_url: str, endpoint: str, *, database: str, queue: str, bucket: str
+) -> tuple[str, QueuePair]:
+    """A fresh migrated database, a queue with its DLQ, and a bucket; the database URL."""
+    import aioboto3
+
+    from worker.migrate import migrate_url
+
+    database_url = await recreate_database(admin_url, database)
+    await migrate_url(database_url)
+    session = aioboto3.Session()
+    async with (
+        session.client("sqs", endpoint_url=endpoint) as sqs,
+        session.client("s3", endpoint_url=endpoint) as s3,
+    ):
+        queues = await create_queue_pair(sqs, queue, max_receive_count=5)
+        await s3.create_bucket(Bucket=bucket)
+    return database_url, queues
+
+
 def sample_photos() -> list[Path]:
     import skimage
 
@@ -151,23 +171,15 @@ def run_dev(out_dir: Path, *, exit_after_samples: bool = False) -> int:
 
 
 async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples: bool) -> int:
-    import aioboto3
 
     from api_client.client import ClientSettings, JobClient
     from worker.app import WorkerApp
     from worker.cli import install_stop_signals
-    from worker.migrate import migrate_url
     from worker.settings import Settings
 
-    database_url = await recreate_database(admin_url, "image_worker_dev")
-    await migrate_url(database_url)
-    session = aioboto3.Session()
-    async with (
-        session.client("sqs", endpoint_url=endpoint) as sqs,
-        session.client("s3", endpoint_url=endpoint) as s3,
-    ):
-        queues = await create_queue_pair(sqs, "image-jobs", max_receive_count=5)
-        await s3.create_bucket(Bucket="book-photos")
+    database_url, queues = await provision(
+        admin_url, endpoint, database="image_worker_dev", queue="image-jobs", bucket="book-photos"
+    )
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
