@@ -25,18 +25,13 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from api_client.sending import SQS_BATCH, SendOutcome, send_entries
-from worker.jobs import JobStatus, MalformedMessage, decode_message
+from worker.jobs import QUEUE_DEPTH_ATTRIBUTES, JobStatus, MalformedMessage, decode_message
 
 if TYPE_CHECKING:
     from api_client.client import JobClient
 
 log = structlog.get_logger(__name__)
 
-QUEUE_ATTRIBUTES = {
-    "visible": "ApproximateNumberOfMessages",
-    "in_flight": "ApproximateNumberOfMessagesNotVisible",
-    "delayed": "ApproximateNumberOfMessagesDelayed",
-}
 RESET_COLUMNS = """status = 'queue_failed', attempts = 0, error = NULL, claimed_by = NULL,
                    lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
                    result_bucket = NULL, result_key = NULL, updated_at = now()"""
@@ -394,8 +389,8 @@ async def stats(client: JobClient) -> QueueStats:
 
 async def _depth(sqs: Any, url: str) -> QueueDepth:
     response = await sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=list(QUEUE_ATTRIBUTES.values())
+        QueueUrl=url, AttributeNames=list(QUEUE_DEPTH_ATTRIBUTES.values())
     )
     attributes = response.get("Attributes", {})
-    values = {name: int(attributes.get(attr, 0)) for name, attr in QUEUE_ATTRIBUTES.items()}
+    values = {name: int(attributes.get(attr, 0)) for name, attr in QUEUE_DEPTH_ATTRIBUTES.items()}
     return QueueDepth(**values)

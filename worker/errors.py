@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ def classify(exc: BaseException, *, stage: str) -> Failure:
     retrying an unexpected error is safe because attempts are bounded by MAX_ATTEMPTS."""
     if isinstance(exc, JobFailed):
         return exc.failure
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return Failure(FailureKind.TRANSIENT, "timeout", f"{stage}: timed out")
     text = str(exc) or type(exc).__name__
     return Failure(

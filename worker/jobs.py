@@ -13,6 +13,13 @@ from typing import Any
 
 MESSAGE_VERSION = 1
 
+# Queue depth by state, as SQS GetQueueAttributes names it (read by the worker and the producer).
+QUEUE_DEPTH_ATTRIBUTES = {
+    "visible": "ApproximateNumberOfMessages",
+    "in_flight": "ApproximateNumberOfMessagesNotVisible",
+    "delayed": "ApproximateNumberOfMessagesDelayed",
+}
+
 
 class JobStatus(enum.StrEnum):
     PENDING = "pending"

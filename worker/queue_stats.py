@@ -12,16 +12,12 @@ import asyncpg
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from worker.jobs import QUEUE_DEPTH_ATTRIBUTES
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-SQS_STATES = {
-    "visible": "ApproximateNumberOfMessages",
-    "in_flight": "ApproximateNumberOfMessagesNotVisible",
-    "delayed": "ApproximateNumberOfMessagesDelayed",
-}
 OPEN_STATUSES = ("pending", "queue_failed", "processing")
 
 
@@ -52,7 +48,7 @@ class QueueStatsPoller:
             log.warning("job stats poll failed", error=str(exc))
 
     async def _poll_queues(self) -> None:
-        names = [*SQS_STATES.values(), "RedrivePolicy"]
+        names = [*QUEUE_DEPTH_ATTRIBUTES.values(), "RedrivePolicy"]
         main = await self._attributes(self.settings.queue_url, names)
         self._record("main", main)
         if self._dlq_url is None and "RedrivePolicy" in main:
@@ -60,7 +56,9 @@ class QueueStatsPoller:
             name = arn.rsplit(":", 1)[-1]
             self._dlq_url = (await self.sqs.get_queue_url(QueueName=name))["QueueUrl"]
         if self._dlq_url is not None:
-            self._record("dlq", await self._attributes(self._dlq_url, list(SQS_STATES.values())))
+            self._record(
+                "dlq", await self._attributes(self._dlq_url, list(QUEUE_DEPTH_ATTRIBUTES.values()))
+            )
 
     async def _attributes(self, url: str, names: list[str]) -> dict[str, str]:
         response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
@@ -68,7 +66,7 @@ class QueueStatsPoller:
         return attributes
 
     def _record(self, queue: str, attributes: dict[str, str]) -> None:
-        for state, attribute in SQS_STATES.items():
+        for state, attribute in QUEUE_DEPTH_ATTRIBUTES.items():
             value = float(attributes.get(attribute, 0))
             self.metrics.queue_messages.labels(queue=queue, state=state).set(value)
 

@@ -117,11 +117,6 @@ class Settings:
             raise SettingsError(reader.problems)
         return settings
 
-    @property
-    def health_port_url(self) -> str:
-        host = "127.0.0.1" if self.metrics_host in ("0.0.0.0", "") else self.metrics_host  # noqa: S104
-        return f"http://{host}:{self.metrics_port}"
-
 
 class _Reader:
     """Parses variables, collecting problems instead of stopping at the first."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from worker.jobs import JOB_COLUMNS, Job, JobStatus
+from worker.jobs import JOB_COLUMNS, Job
 
 
 class ClaimOutcome(enum.Enum):
@@ -133,6 +133,3 @@ class JobStore:
 
 def _affected(command_status: str) -> int:
     return int(command_status.rsplit(" ", 1)[-1])
-
-
-__all__ = ["Claim", "ClaimOutcome", "JobStatus", "JobStore"]
