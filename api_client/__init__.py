@@ -9,7 +9,7 @@ from api_client.client import (
     JobWaitTimeout,
     NewJob,
 )
-from worker.jobs import Job, JobStatus
+from jobcore.jobs import Job, JobStatus
 
 __all__ = [
     "ClientConfigError",

@@ -24,8 +24,8 @@ import asyncpg
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api_client.sending import SQS_BATCH, SendOutcome, send_entries
-from worker.jobs import QUEUE_DEPTH_ATTRIBUTES, JobStatus, MalformedMessage, decode_message
+from jobcore.jobs import QUEUE_DEPTH_ATTRIBUTES, JobStatus, MalformedMessage, decode_message
+from jobcore.sqs import SQS_BATCH, SendOutcome, send_entries
 
 if TYPE_CHECKING:
     from api_client.client import JobClient

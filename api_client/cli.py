@@ -33,7 +33,7 @@ from api_client.output import (
     warn,
     watch_line,
 )
-from worker.jobs import Job, JobStatus
+from jobcore.jobs import Job, JobStatus
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 UPLOAD_CONCURRENCY = 8
@@ -51,7 +51,7 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from worker.log_setup import configure_logging
+    from jobcore.log_setup import configure_logging
 
     configure_logging("console", "warning" if args.verbose else "critical")
     settings: ClientSettings | None = None

@@ -27,8 +27,8 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api_client.sending import SendOutcome, send_batch
-from worker.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
+from jobcore.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
+from jobcore.sqs import SendOutcome, send_batch
 
 if TYPE_CHECKING:
     from api_client.admin import DlqRedrive, QueueStats, Requeued

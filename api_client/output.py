@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from api_client.admin import QueueDepth, QueueStats
 from api_client.client import ClientConfigError, ClientSettings, JobNotFound, JobWaitTimeout
-from worker.jobs import Job, JobStatus
+from jobcore.jobs import Job, JobStatus
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # a job failed, timed out, or does not exist

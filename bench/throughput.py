@@ -27,9 +27,9 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.stack import moto_server, postgres_server, provision, sample_photos  # noqa: E402
+from jobcore.jobs import encode_message  # noqa: E402
 from tests.helpers import scrape, synthetic_scene  # noqa: E402
-from worker.devstack import moto_server, postgres_server, provision, sample_photos  # noqa: E402
-from worker.jobs import encode_message  # noqa: E402
 
 SIZE = (1600, 1200)
 COUNT = "image_worker_stage_duration_seconds_count"

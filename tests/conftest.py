@@ -17,8 +17,7 @@ import asyncpg
 import pytest
 
 from api_client.client import ClientSettings, JobClient
-from worker.app import WorkerApp
-from worker.devstack import (
+from devstack.stack import (
     FAKE_CREDENTIALS,
     create_queue_pair,
     drop_database,
@@ -26,9 +25,10 @@ from worker.devstack import (
     postgres_server,
     recreate_database,
 )
+from worker.app import WorkerApp
 from worker.migrate import migrate_url
-from worker.models import ModelUnavailable, verify_model
 from worker.settings import Settings
+from worker.weights import ModelUnavailable, verify_model
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_HOME = Path(os.environ.get("U2NET_HOME", str(REPO / ".models")))

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_client.client import JobClient
-from worker.jobs import Job
+from jobcore.jobs import Job
 
 T = TypeVar("T")
 

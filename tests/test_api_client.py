@@ -25,11 +25,11 @@ from api_client.client import (
     JobWaitTimeout,
     NewJob,
 )
-from api_client.sending import entry_outcomes
+from devstack.stack import create_queue_pair
+from jobcore.jobs import JobStatus, decode_message
+from jobcore.sqs import entry_outcomes
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, synthetic_scene
-from worker.devstack import create_queue_pair
-from worker.jobs import JobStatus, decode_message
 
 
 def closed_port() -> int:

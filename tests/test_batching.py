@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 
 from api_client.client import JobClient
+from devstack.stack import sample_photos
+from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import iou, png_alpha, synthetic_scene, wait_finished
-from worker.devstack import sample_photos
 from worker.inference import ModelRunner
-from worker.jobs import JobStatus
 from worker.settings import Settings
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}

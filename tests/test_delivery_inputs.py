@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from api_client.client import JobClient
+from jobcore.jobs import JobStatus
 from tests import images
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
-from worker.jobs import JobStatus
 
 BAD_INPUTS: dict[str, tuple[bytes | None, str]] = {
     "zero-bytes.jpg": (b"", "source object is empty (0 bytes)"),

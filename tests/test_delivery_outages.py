@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 
 from api_client.client import JobClient
+from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
-from worker.jobs import Job, JobStatus
 
 
 async def get_json(url: str) -> tuple[int, dict[str, object]]:

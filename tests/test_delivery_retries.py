@@ -12,11 +12,11 @@ import numpy as np
 from PIL import Image
 
 from api_client.client import JobClient
+from devstack.stack import create_queue_pair
+from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
-from worker.devstack import create_queue_pair
-from worker.jobs import JobStatus, encode_message
 
 
 async def test_three_copies_of_a_message_give_one_completion(

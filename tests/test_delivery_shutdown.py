@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 
 from api_client.client import JobClient
+from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker, worker_env
 from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
 from tests.test_delivery_retries import large_photo
-from worker.jobs import Job, JobStatus
 
 
 def free_port() -> int:

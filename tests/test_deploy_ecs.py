@@ -19,7 +19,7 @@ import pytest
 from botocore.validate import validate_parameters
 
 from deploy.ecs.deploy import DeployError, render
-from worker.devstack import FAKE_CREDENTIALS, moto_server
+from devstack.stack import FAKE_CREDENTIALS, moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "123456789012"

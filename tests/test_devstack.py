@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from worker import devstack
+from devstack import stack as devstack
 from worker.migrate import migrate_url
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devstack.stack import sample_photos
 from tests.helpers import synthetic_scene
-from worker.devstack import sample_photos
 from worker.inference import CPU, CUDA, GpuRequired, ModelRunner, choose_providers
-from worker.models import ModelUnavailable, fetch_model, verify_model
 from worker.settings import Settings
+from worker.weights import ModelUnavailable, fetch_model, verify_model
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
 

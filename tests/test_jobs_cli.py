@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from api_client.client import JobClient
+from jobcore.jobs import decode_message
 from tests.conftest import Aws
-from worker.jobs import decode_message
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".venv" / "bin" / "image-jobs"

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from api_client.client import JobClient
+from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, synthetic_scene, wait_finished
-from worker.jobs import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "deploy" / "prometheus"

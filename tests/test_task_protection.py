@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 from api_client.client import JobClient
+from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, synthetic_scene, wait_finished
-from worker.jobs import JobStatus
 
 
 @dataclass

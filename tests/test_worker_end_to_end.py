@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from api_client.client import JobClient
+from devstack.stack import sample_photos
+from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
-from worker.devstack import sample_photos
-from worker.jobs import JobStatus
 from worker.metrics import STAGES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,12 +16,12 @@ from aiobotocore.config import AioConfig
 from worker.consumer import Consumer
 from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
+from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
 from worker.protection import TaskProtection
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
-from worker.store import JobStore
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from worker.log_setup import configure_logging
+from jobcore.log_setup import configure_logging
 from worker.settings import Settings, SettingsError
 
 EXIT_CONFIG = 2
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fetch_model(args.name)
     if args.command == "healthcheck":
         return _healthcheck(args.url)
-    from worker.devstack import run_dev
+    from devstack.stack import run_dev
 
     return run_dev(args.out, exit_after_samples=args.exit_after_samples)
 
@@ -60,7 +60,7 @@ def _run() -> int:
     import asyncpg
 
     from worker.app import WorkerApp
-    from worker.models import ModelUnavailable
+    from worker.weights import ModelUnavailable
 
     async def serve() -> int:
         app = WorkerApp(settings)
@@ -111,7 +111,7 @@ def _migrate() -> int:
 
 
 def _fetch_model(name: str) -> int:
-    from worker.models import ModelUnavailable, fetch_model
+    from worker.weights import ModelUnavailable, fetch_model
 
     home = Path(os.environ.get("U2NET_HOME", str(Path.home() / ".u2net"))).expanduser()
     try:

@@ -15,11 +15,11 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.jobs import MalformedMessage, decode_message
+from jobcore.jobs import MalformedMessage, decode_message
+from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
 from worker.settings import Settings
-from worker.store import JobStore
 
 log = structlog.get_logger(__name__)
 

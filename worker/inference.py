@@ -19,8 +19,8 @@ import structlog
 from PIL import Image
 
 from worker.batching import MicroBatcher, with_symbolic_batch
-from worker.models import ModelUnavailable, verify_model
 from worker.settings import Settings
+from worker.weights import ModelUnavailable, verify_model
 
 log = structlog.get_logger(__name__)
 

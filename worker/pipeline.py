@@ -19,13 +19,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from worker import imaging, storage
+from jobcore.jobs import Job
+from worker import imaging, s3_objects
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
-from worker.jobs import Job
+from worker.job_table import ClaimOutcome, JobStore
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
-from worker.store import ClaimOutcome, JobStore
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +144,7 @@ class JobProcessor:
         settings = self.settings
         loop = asyncio.get_running_loop()
         with self.metrics.time_stage("download"), self._tracking("s3"):
-            data = await storage.download(
+            data = await s3_objects.download(
                 self.s3, job.source_bucket, job.source_key, max_bytes=settings.max_image_bytes
             )
         self.metrics.bytes_processed.labels("in").inc(len(data))
@@ -166,7 +166,7 @@ class JobProcessor:
         result_bucket = settings.result_bucket or job.source_bucket
         result_key = f"{settings.result_prefix}{job.id}.png"
         with self.metrics.time_stage("upload"), self._tracking("s3"):
-            await storage.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
+            await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
 

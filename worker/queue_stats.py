@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.jobs import QUEUE_DEPTH_ATTRIBUTES
+from jobcore.jobs import QUEUE_DEPTH_ATTRIBUTES
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 

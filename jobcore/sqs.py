@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.jobs import encode_message
+from jobcore.jobs import encode_message
 
 SQS_BATCH = 10
 K = TypeVar("K")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from worker.jobs import JOB_COLUMNS, Job
+from jobcore.jobs import JOB_COLUMNS, Job
 
 
 class ClaimOutcome(enum.Enum):

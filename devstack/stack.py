@@ -159,7 +159,7 @@ def sample_photos() -> list[Path]:
 
 
 def run_dev(out_dir: Path, *, exit_after_samples: bool = False) -> int:
-    from worker.log_setup import configure_logging
+    from jobcore.log_setup import configure_logging
 
     configure_logging("console", os.environ.get("LOG_LEVEL", "info"))
     out_dir.mkdir(parents=True, exist_ok=True)
