@@ -1,14 +1,9 @@
 """The producer side: create background-removal jobs, inspect them, repair the queue."""
 
 from api_client.admin import DlqRedrive, QueueDepth, QueueStats, Requeued
-from api_client.client import (
-    ClientConfigError,
-    ClientSettings,
-    JobClient,
-    JobNotFound,
-    JobWaitTimeout,
-    NewJob,
-)
+from api_client.client import JobClient, NewJob
+from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.settings import ClientSettings
 from jobcore.jobs import Job, JobStatus
 
 __all__ = [

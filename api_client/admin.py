@@ -13,24 +13,45 @@ the two leaves a row that `retry_queue_failed` sends later, never a `pending` ro
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
-from jobcore.jobs import QUEUE_DEPTH_ATTRIBUTES, JobStatus, MalformedMessage, decode_message
-from jobcore.sqs import SQS_BATCH, SendOutcome, send_entries
+from api_client.errors import ClientConfigError
+from api_client.settings import ClientSettings
+from jobcore.job_queries import count_jobs, mark_queue_failed
+from jobcore.jobs import MalformedMessage, decode_message
+from jobcore.queues import queue_depth
+from jobcore.sqs import CALL_ERRORS, SQS_BATCH, BatchOutcome, call_in_batches
 
 if TYPE_CHECKING:
-    from api_client.client import JobClient
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        DeleteMessageBatchRequestEntryTypeDef,
+        MessageTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
 
 log = structlog.get_logger(__name__)
+
+
+class JobQueue(Protocol):
+    """What the repairs need of a `JobClient` (which passes itself)."""
+
+    settings: ClientSettings
+    pool: asyncpg.Pool
+    sqs: SQSClient
+
+    async def send_messages(self, items: Sequence[uuid.UUID]) -> BatchOutcome[uuid.UUID]: ...
+
+    async def dlq_url(self) -> str | None: ...
+
 
 RESET_COLUMNS = """status = 'queue_failed', attempts = 0, error = NULL, claimed_by = NULL,
                    lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
@@ -92,7 +113,7 @@ class QueueStats:
 
 
 async def retry_queue_failed(
-    client: JobClient, *, limit: int = 100, batch_size: int = 10
+    client: JobQueue, *, limit: int = 100, batch_size: int = 10
 ) -> Requeued:
     """Send the messages of `queue_failed` rows, oldest first, at most `limit` rows, one
     transaction per batch of up to 10. Stops early when a whole batch fails (queue still down)."""
@@ -103,7 +124,7 @@ async def retry_queue_failed(
 
 
 async def _send_queue_failed(
-    client: JobClient, only: list[uuid.UUID] | None, *, limit: int, batch_size: int = SQS_BATCH
+    client: JobQueue, only: list[uuid.UUID] | None, *, limit: int, batch_size: int = SQS_BATCH
 ) -> Requeued:
     result = Requeued()
     tried: list[uuid.UUID] = []
@@ -140,19 +161,12 @@ async def _send_queue_failed(
     return result
 
 
-async def _record_send_failures(conn: asyncpg.Connection, outcome: SendOutcome[uuid.UUID]) -> None:
+async def _record_send_failures(conn: asyncpg.Connection, outcome: BatchOutcome[uuid.UUID]) -> None:
     if not outcome.failed:
         return
     for job_id, reason in outcome.failed.items():
         log.error("send failed; job stays queue_failed", job_id=str(job_id), reason=reason)
-    await conn.execute(
-        """UPDATE image_processing_jobs AS j
-              SET status = 'queue_failed', error = r.error, updated_at = now()
-             FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
-            WHERE j.id = r.id AND j.status IN ('pending', 'queue_failed')""",
-        list(outcome.failed),
-        [reason[:500] for reason in outcome.failed.values()],
-    )
+    await mark_queue_failed(conn, outcome.failed)
 
 
 async def _reset_failed(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[uuid.UUID]:
@@ -170,7 +184,7 @@ async def _reset_failed(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[
 
 
 async def retry_failed(
-    client: JobClient,
+    client: JobQueue,
     job_ids: Iterable[uuid.UUID] | None = None,
     *,
     error_contains: str | None = None,
@@ -223,21 +237,8 @@ async def retry_failed(
 # -- redrive_dlq ---------------------------------------------------------------------------------
 
 
-async def discover_dlq_url(sqs: Any, queue_url: str) -> str | None:
-    """The DLQ named by the queue's RedrivePolicy (deadLetterTargetArn), or None without one."""
-    response = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    policy = response.get("Attributes", {}).get("RedrivePolicy")
-    if not policy:
-        return None
-    arn = json.loads(policy)["deadLetterTargetArn"]
-    *_, account, name = arn.split(":", 5)
-    found = await sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
-    url: str = found["QueueUrl"]
-    return url
-
-
 async def redrive_dlq(
-    client: JobClient,
+    client: JobQueue,
     *,
     dlq_url: str | None = None,
     limit: int | None = None,
@@ -249,15 +250,13 @@ async def redrive_dlq(
     not failed, unknown, or a malformed body) is copied to the queue as it is, as SQS's own
     redrive would, and the worker decides. A DLQ message is deleted only once its job or copy is
     on the queue; one whose send failed stays in the DLQ and is reported."""
-    from api_client.client import ClientConfigError
-
     url = dlq_url or await client.dlq_url()
     if not url:
         raise ClientConfigError(
             "no DLQ: the queue has no RedrivePolicy; pass --dlq-url or set SQS_DLQ_URL"
         )
     result = DlqRedrive(url)
-    unsent: list[dict[str, Any]] = []
+    unsent: list[MessageTypeDef] = []
     while limit is None or result.moved + len(result.failed) < limit:
         room = SQS_BATCH if limit is None else limit - result.moved - len(result.failed)
         response = await client.sqs.receive_message(
@@ -267,7 +266,7 @@ async def redrive_dlq(
             VisibilityTimeout=visibility_seconds,
             MessageAttributeNames=["All"],
         )
-        messages: list[dict[str, Any]] = response.get("Messages", [])
+        messages = response.get("Messages", [])
         if not messages:
             break
         moved = await _redrive_batch(client, messages, result)
@@ -283,7 +282,7 @@ async def redrive_dlq(
 
 
 async def _redrive_batch(
-    client: JobClient, messages: list[dict[str, Any]], result: DlqRedrive
+    client: JobQueue, messages: list[MessageTypeDef], result: DlqRedrive
 ) -> set[str]:
     """Move one received batch; the ids of the DLQ messages that are now on the queue."""
     job_of: dict[str, uuid.UUID] = {}
@@ -314,9 +313,15 @@ async def _redrive_batch(
         else:
             copies.append(message)
     if copies:
-        entries = [_copy_entry(index, message) for index, message in enumerate(copies)]
-        keys = [message["MessageId"] for message in copies]
-        outcome = await send_entries(client.sqs, client.settings.queue_url, entries, keys)
+        outcome = await call_in_batches(
+            copies,
+            entry=_copy_entry,
+            key=lambda message: message["MessageId"],
+            call=lambda entries: client.sqs.send_message_batch(
+                QueueUrl=client.settings.queue_url, Entries=entries
+            ),
+            verb="send",
+        )
         moved.update(outcome.sent)
         failed.update(outcome.failed)
         result.unknown += sum(1 for key in outcome.sent if job_of.get(key) not in known)
@@ -328,69 +333,64 @@ async def _redrive_batch(
     return moved
 
 
-def _copy_entry(index: int, message: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"Id": str(index), "MessageBody": message.get("Body", "")}
+def _copy_entry(index: str, message: MessageTypeDef) -> SendMessageBatchRequestEntryTypeDef:
+    entry: SendMessageBatchRequestEntryTypeDef = {
+        "Id": index,
+        "MessageBody": message.get("Body", ""),
+    }
     if message.get("MessageAttributes"):
         entry["MessageAttributes"] = message["MessageAttributes"]
     return entry
 
 
-async def _delete(sqs: Any, url: str, messages: list[dict[str, Any]]) -> None:
-    entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-    try:
-        response = await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-    except (ClientError, BotoCoreError, OSError) as exc:
-        log.warning("could not delete redriven messages from the DLQ", error=str(exc))
-        return
-    for failed in response.get("Failed", []):
-        log.warning("DLQ delete refused", code=failed.get("Code"))
+def _delete_entry(index: str, message: MessageTypeDef) -> DeleteMessageBatchRequestEntryTypeDef:
+    return {"Id": index, "ReceiptHandle": message["ReceiptHandle"]}
 
 
-async def _make_visible(sqs: Any, url: str, messages: list[dict[str, Any]]) -> None:
-    for start in range(0, len(messages), SQS_BATCH):
-        chunk = messages[start : start + SQS_BATCH]
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-            for i, m in enumerate(chunk)
-        ]
-        try:
-            await sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            log.warning("unsent DLQ messages return after their timeout", error=str(exc))
+def _release_entry(
+    index: str, message: MessageTypeDef
+) -> ChangeMessageVisibilityBatchRequestEntryTypeDef:
+    return {"Id": index, "ReceiptHandle": message["ReceiptHandle"], "VisibilityTimeout": 0}
+
+
+async def _delete(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
+    outcome = await call_in_batches(
+        messages,
+        entry=_delete_entry,
+        key=lambda m: m["MessageId"],
+        call=lambda entries: sqs.delete_message_batch(QueueUrl=url, Entries=entries),
+        verb="delete",
+    )
+    for message_id, reason in outcome.failed.items():
+        log.warning("redriven message left in the DLQ", message_id=message_id, reason=reason)
+
+
+async def _make_visible(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
+    outcome = await call_in_batches(
+        messages,
+        entry=_release_entry,
+        key=lambda m: m["MessageId"],
+        call=lambda entries: sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries),
+        verb="release",
+    )
+    for message_id, reason in outcome.failed.items():
+        log.warning("unsent DLQ message returns after its timeout", message_id=message_id,
+                    reason=reason)  # fmt: skip
 
 
 # -- stats ---------------------------------------------------------------------------------------
 
 
-async def stats(client: JobClient) -> QueueStats:
+async def stats(client: JobQueue) -> QueueStats:
     """Jobs by status, the age of the oldest pending job, and queue and DLQ depth. SQS trouble
     does not hide the table numbers: the depths are None and `queue_error` says why."""
-    rows = await client.pool.fetch(
-        """SELECT status, count(*) AS n,
-                  EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
-             FROM image_processing_jobs GROUP BY status"""
-    )
-    counts = {status.value: 0 for status in JobStatus}
-    oldest: float | None = None
-    for row in rows:
-        counts[row["status"]] = row["n"]
-        if row["status"] == JobStatus.PENDING:
-            oldest = row["oldest"]
-    result = QueueStats(counts, oldest, None, None)
+    jobs = await count_jobs(client.pool)
+    result = QueueStats(jobs.counts, jobs.oldest_pending_age_seconds, None, None)
     try:
-        result.queue = await _depth(client.sqs, client.settings.queue_url)
+        result.queue = QueueDepth(**await queue_depth(client.sqs, client.settings.queue_url))
         dlq = await client.dlq_url()
         if dlq is not None:
-            result.dlq = await _depth(client.sqs, dlq)
-    except (ClientError, BotoCoreError, OSError) as exc:
+            result.dlq = QueueDepth(**await queue_depth(client.sqs, dlq))
+    except CALL_ERRORS as exc:
         result.queue_error = str(exc)
     return result
-
-
-async def _depth(sqs: Any, url: str) -> QueueDepth:
-    response = await sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=list(QUEUE_DEPTH_ATTRIBUTES.values())
-    )
-    attributes = response.get("Attributes", {})
-    values = {name: int(attributes.get(attr, 0)) for name, attr in QUEUE_DEPTH_ATTRIBUTES.items()}
-    return QueueDepth(**values)

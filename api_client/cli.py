@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import aioboto3
+from botocore.exceptions import ClientError
 
-from api_client.client import ClientConfigError, ClientSettings, JobClient, JobWaitTimeout, NewJob
+from api_client.client import JobClient, NewJob
+from api_client.errors import ClientConfigError, JobWaitTimeout
 from api_client.output import (
     EXIT_JOB_FAILED,
     EXIT_OK,
@@ -33,7 +35,10 @@ from api_client.output import (
     warn,
     watch_line,
 )
+from api_client.settings import ClientSettings
 from jobcore.jobs import Job, JobStatus
+from jobcore.log_setup import configure_logging
+from jobcore.s3_errors import is_missing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
 UPLOAD_CONCURRENCY = 8
@@ -51,8 +56,6 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from jobcore.log_setup import configure_logging
-
     configure_logging("console", "warning" if args.verbose else "critical")
     settings: ClientSettings | None = None
     try:
@@ -296,13 +299,11 @@ async def cmd_enqueue(settings: ClientSettings, args: argparse.Namespace, out: O
 
 async def _check_objects(client: JobClient, objects: list[tuple[str, str]]) -> None:
     """An object that is not there makes a job that can only fail: refuse it up front."""
-    from botocore.exceptions import ClientError
-
     for bucket, key in objects:
         try:
-            await client.s3.head_object(Bucket=bucket, Key=key)
+            await client.require_s3().head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
+            if is_missing(exc):
                 raise ClientConfigError(f"no such object: s3://{bucket}/{key}") from None
             raise
 

@@ -11,103 +11,34 @@ was given."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aioboto3
 import asyncpg
 import structlog
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
+from api_client import admin
+from api_client.admin import DlqRedrive, QueueStats, Requeued
+from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.settings import ClientSettings
+from jobcore.job_queries import fetch_job, mark_queue_failed
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
-from jobcore.sqs import SendOutcome, send_batch
+from jobcore.queues import discover_dlq_url
+from jobcore.sqs import CALL_ERRORS, BatchOutcome, call_in_batches
 
 if TYPE_CHECKING:
-    from api_client.admin import DlqRedrive, QueueStats, Requeued
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 log = structlog.get_logger(__name__)
-
-SEND_ERRORS = (ClientError, BotoCoreError, OSError)
-
-
-class ClientConfigError(ValueError):
-    """Settings or arguments that cannot work (a missing variable, no source bucket)."""
-
-
-class JobNotFound(LookupError):
-    def __init__(self, job_id: uuid.UUID) -> None:
-        super().__init__(f"no job {job_id}")
-        self.job_id = job_id
-
-
-class JobWaitTimeout(TimeoutError):
-    """The job did not finish in time; `job` is its last seen state."""
-
-    def __init__(self, job: Job, timeout: float) -> None:
-        super().__init__(f"job {job.id} still {job.status.value} after {timeout:g}s")
-        self.job = job
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSettings:
-    database_url: str
-    queue_url: str
-    source_bucket: str | None
-    aws_region: str
-    aws_endpoint_url: str | None
-    dlq_url: str | None = None
-    connect_timeout: float = 10.0  # database and AWS connect timeout, seconds
-    aws_max_attempts: int = 3  # botocore "standard" retry mode: total tries per call
-
-    @classmethod
-    def from_env(
-        cls,
-        environ: Mapping[str, str] | None = None,
-        *,
-        required: Sequence[str] = ("DATABASE_URL", "SQS_QUEUE_URL"),
-    ) -> ClientSettings:
-        env = os.environ if environ is None else environ
-        missing = [name for name in required if not env.get(name)]
-        if missing:
-            raise ClientConfigError(f"{' and '.join(missing)} must be set")
-        return cls(
-            database_url=env.get("DATABASE_URL", ""),
-            queue_url=env.get("SQS_QUEUE_URL", ""),
-            source_bucket=env.get("SOURCE_BUCKET") or None,
-            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            dlq_url=env.get("SQS_DLQ_URL") or None,
-            connect_timeout=_positive(env, "CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0),
-            aws_max_attempts=int(_positive(env, "AWS_MAX_ATTEMPTS", 3)),
-        )
-
-    def boto_config(self) -> Config:
-        return Config(
-            connect_timeout=self.connect_timeout,
-            read_timeout=max(30.0, self.connect_timeout),
-            retries={"mode": "standard", "max_attempts": self.aws_max_attempts},
-        )
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ClientConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ClientConfigError(f"{name} must be positive, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +55,11 @@ class JobClient:
     """The producer API. Safe to share between concurrent request handlers."""
 
     def __init__(
-        self, settings: ClientSettings, pool: asyncpg.Pool, sqs: Any, s3: Any = None
+        self,
+        settings: ClientSettings,
+        pool: asyncpg.Pool,
+        sqs: SQSClient,
+        s3: S3Client | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -138,8 +73,8 @@ class JobClient:
         settings: ClientSettings,
         *,
         pool: asyncpg.Pool | None = None,
-        sqs: Any = None,
-        s3: Any = None,
+        sqs: SQSClient | None = None,
+        s3: S3Client | None = None,
     ) -> _Connector:
         """`async with JobClient.connect(settings) as client:` opens what is not passed in and
         closes only that on exit."""
@@ -177,9 +112,9 @@ class JobClient:
             await self.sqs.send_message(
                 QueueUrl=self.settings.queue_url, MessageBody=encode_message(job_id)
             )
-        except SEND_ERRORS as exc:
+        except CALL_ERRORS as exc:
             log.error("send failed; job kept as queue_failed", job_id=str(job_id), exc_info=exc)
-            updated = await self._mark_queue_failed(executor, {job_id: f"send failed: {exc}"})
+            updated = await mark_queue_failed(executor, {job_id: f"send failed: {exc}"})
             job = updated.get(job_id, job)
         return job
 
@@ -211,41 +146,38 @@ class JobClient:
             for job_id, reason in outcome.failed.items():
                 log.error("send failed; job kept as queue_failed", job_id=str(job_id),
                           reason=reason)  # fmt: skip
-            by_id.update(await self._mark_queue_failed(executor, outcome.failed))
+            by_id.update(await mark_queue_failed(executor, outcome.failed))
         return [by_id[job_id] for job_id in ids]
 
     async def send_messages(
         self, items: Sequence[tuple[uuid.UUID, int]] | Sequence[uuid.UUID]
-    ) -> SendOutcome[uuid.UUID]:
+    ) -> BatchOutcome[uuid.UUID]:
         """Send pointer messages for existing rows, 10 per SendMessageBatch call; never raises
         for a failed send: the reasons come back per job."""
         pairs = [item if isinstance(item, tuple) else (item, 0) for item in items]
-        return await send_batch(self.sqs, self.settings.queue_url, pairs)
-
-    async def _mark_queue_failed(
-        self, executor: Any, reasons: Mapping[uuid.UUID, str]
-    ) -> dict[uuid.UUID, Job]:
-        ids = list(reasons)
-        records = await executor.fetch(
-            f"""UPDATE image_processing_jobs AS j
-                   SET status = 'queue_failed', error = r.error, updated_at = now()
-                  FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
-                 WHERE j.id = r.id AND j.status = 'pending'
-             RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}""",
-            ids,
-            [reasons[job_id][:500] for job_id in ids],
+        return await call_in_batches(
+            pairs,
+            entry=_message_entry,
+            key=lambda pair: pair[0],
+            call=lambda entries: self.sqs.send_message_batch(
+                QueueUrl=self.settings.queue_url, Entries=entries
+            ),
+            verb="send",
         )
-        return {record["id"]: Job.from_record(record) for record in records}
 
     async def upload_source(self, key: str, data: bytes, *, bucket: str | None = None) -> str:
         """Put an image into the source bucket; returns the bucket used."""
         target = bucket or self.settings.source_bucket
         if not target:
             raise ClientConfigError("no source bucket: pass bucket or set SOURCE_BUCKET")
+        await self.require_s3().put_object(Bucket=target, Key=key, Body=data)
+        return target
+
+    def require_s3(self) -> S3Client:
+        """The S3 client; a client constructed without one raises ClientConfigError."""
         if self.s3 is None:
             raise ClientConfigError("this client has no S3 client")
-        await self.s3.put_object(Bucket=target, Key=key, Body=data)
-        return target
+        return self.s3
 
     def _bucket(self, source_bucket: str | None) -> str:
         bucket = source_bucket or self.settings.source_bucket
@@ -256,10 +188,7 @@ class JobClient:
     # -- reading jobs ----------------------------------------------------------------------------
 
     async def get_job(self, job_id: uuid.UUID) -> Job | None:
-        record = await self.pool.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM image_processing_jobs WHERE id = $1", job_id
-        )
-        return Job.from_record(record) if record else None
+        return await fetch_job(self.pool, job_id)
 
     async def wait_for_job(
         self,
@@ -319,9 +248,7 @@ class JobClient:
     # -- repairs and numbers (api_client.admin) ----------------------------------------------------
 
     async def retry_queue_failed(self, *, limit: int = 100, batch_size: int = 10) -> Requeued:
-        from api_client.admin import retry_queue_failed
-
-        return await retry_queue_failed(self, limit=limit, batch_size=batch_size)
+        return await admin.retry_queue_failed(self, limit=limit, batch_size=batch_size)
 
     async def retry_failed(
         self,
@@ -331,35 +258,38 @@ class JobClient:
         older_than: timedelta | None = None,
         limit: int = 100,
     ) -> Requeued:
-        from api_client.admin import retry_failed
-
-        return await retry_failed(
+        return await admin.retry_failed(
             self, job_ids, error_contains=error_contains, older_than=older_than, limit=limit
         )
 
     async def redrive_dlq(
         self, *, dlq_url: str | None = None, limit: int | None = None
     ) -> DlqRedrive:
-        from api_client.admin import redrive_dlq
-
-        return await redrive_dlq(self, dlq_url=dlq_url, limit=limit)
+        return await admin.redrive_dlq(self, dlq_url=dlq_url, limit=limit)
 
     async def stats(self) -> QueueStats:
-        from api_client.admin import stats
-
-        return await stats(self)
+        return await admin.stats(self)
 
     async def dlq_url(self) -> str | None:
         """The DLQ: SQS_DLQ_URL, else the main queue's RedrivePolicy deadLetterTargetArn."""
         if self._dlq_url is None:
-            from api_client.admin import discover_dlq_url
-
             self._dlq_url = await discover_dlq_url(self.sqs, self.settings.queue_url)
         return self._dlq_url
 
 
+def _message_entry(index: str, job: tuple[uuid.UUID, int]) -> SendMessageBatchRequestEntryTypeDef:
+    job_id, delay_seconds = job
+    return {"Id": index, "MessageBody": encode_message(job_id), "DelaySeconds": delay_seconds}
+
+
 class _Connector:
-    def __init__(self, settings: ClientSettings, pool: Any, sqs: Any, s3: Any) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        pool: asyncpg.Pool | None,
+        sqs: SQSClient | None,
+        s3: S3Client | None,
+    ) -> None:
         self.settings = settings
         self.given = (pool, sqs, s3)
         self._stack = AsyncExitStack()
@@ -383,9 +313,13 @@ class _Connector:
                 "config": self.settings.boto_config(),
             }
             if sqs is None:
-                sqs = await stack.enter_async_context(session.client("sqs", **kwargs))
+                sqs = cast(
+                    "SQSClient", await stack.enter_async_context(session.client("sqs", **kwargs))
+                )
             if s3 is None:
-                s3 = await stack.enter_async_context(session.client("s3", **kwargs))
+                s3 = cast(
+                    "S3Client", await stack.enter_async_context(session.client("s3", **kwargs))
+                )
         except BaseException:
             await stack.aclose()
             raise

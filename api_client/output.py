@@ -14,21 +14,18 @@ import asyncpg
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from api_client.admin import QueueDepth, QueueStats
-from api_client.client import ClientConfigError, ClientSettings, JobNotFound, JobWaitTimeout
+from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.settings import ClientSettings
 from jobcore.jobs import Job, JobStatus
+from jobcore.queues import MISSING_QUEUE_CODES
+from jobcore.s3_errors import MISSING_BUCKET_CODES, MISSING_OBJECT_CODES, error_code
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1  # a job failed, timed out, or does not exist
 EXIT_USAGE = 2  # bad arguments or settings
 EXIT_UNAVAILABLE = 3  # the database or SQS/S3 cannot be reached (or refused the request)
 
-AWS_NOT_FOUND = {
-    "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist",
-    "NoSuchBucket",
-    "NoSuchKey",
-    "404",
-}
+AWS_NOT_FOUND = MISSING_QUEUE_CODES | MISSING_OBJECT_CODES | MISSING_BUCKET_CODES
 
 
 class Output:
@@ -189,7 +186,7 @@ def describe_error(exc: BaseException, settings: ClientSettings | None) -> tuple
     endpoint = (settings.aws_endpoint_url if settings else None) or "AWS"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
+        code = error_code(exc)
         message = f"{exc.operation_name}: {code}: {error.get('Message') or ''}".rstrip(": ")
         if code in AWS_NOT_FOUND:
             return EXIT_USAGE, f"not found at {endpoint}: {message}"

@@ -172,7 +172,7 @@ def run_dev(out_dir: Path, *, exit_after_samples: bool = False) -> int:
 
 async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples: bool) -> int:
 
-    from api_client.client import ClientSettings, JobClient
+    from api_client import ClientSettings, JobClient
     from worker.app import WorkerApp
     from worker.cli import install_stop_signals
     from worker.settings import Settings
@@ -213,7 +213,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
                 break
             if finished.status == "completed" and finished.result_key:
                 target = out_dir / f"{photo.stem}.png"
-                response = await client.s3.get_object(
+                response = await client.require_s3().get_object(
                     Bucket=finished.result_bucket, Key=finished.result_key
                 )
                 async with response["Body"] as body:

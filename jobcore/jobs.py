@@ -1,6 +1,4 @@
-"""The job row and the SQS message: the contract shared by the worker and the producer.
-
-Imports nothing heavy, so `api_client` can use it without pulling in the model runtime."""
+"""The job row and the SQS message: the contract shared by the worker and the producer."""
 
 from __future__ import annotations
 
@@ -12,13 +10,6 @@ from datetime import datetime
 from typing import Any
 
 MESSAGE_VERSION = 1
-
-# Queue depth by state, as SQS GetQueueAttributes names it (read by the worker and the producer).
-QUEUE_DEPTH_ATTRIBUTES = {
-    "visible": "ApproximateNumberOfMessages",
-    "in_flight": "ApproximateNumberOfMessagesNotVisible",
-    "delayed": "ApproximateNumberOfMessagesDelayed",
-}
 
 
 class JobStatus(enum.StrEnum):

@@ -1,61 +1,66 @@
-"""SendMessageBatch with per-entry outcomes: SQS answers each entry as Successful or Failed, and a
-call can also fail as a whole (queue gone, endpoint down); either way each entry gets a reason."""
+"""SQS batch calls with per-entry outcomes. A batch call takes at most SQS_BATCH entries; SQS
+answers each entry as Successful or Failed, and a call can also fail as a whole (queue gone,
+endpoint down); either way every entry ends with an outcome, never silently."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jobcore.jobs import encode_message
+SQS_BATCH = 10  # the most entries one SQS batch call (or one receive) takes
+CALL_ERRORS = (ClientError, BotoCoreError, OSError)
 
-SQS_BATCH = 10
-K = TypeVar("K")
+T = TypeVar("T")
+E = TypeVar("E")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
-class SendOutcome(Generic[K]):
-    sent: list[K] = field(default_factory=list)
-    failed: dict[K, str] = field(default_factory=dict)  # key (a job id) -> reason
+class BatchOutcome(Generic[K]):
+    sent: list[K] = field(default_factory=list)  # entries SQS accepted
+    failed: dict[K, str] = field(default_factory=dict)  # key -> reason
 
-    def merge(self, other: SendOutcome[K]) -> None:
+    def merge(self, other: BatchOutcome[K]) -> None:
         self.sent.extend(other.sent)
         self.failed.update(other.failed)
 
 
-async def send_batch(
-    sqs: Any, queue_url: str, jobs: Sequence[tuple[uuid.UUID, int]]
-) -> SendOutcome[uuid.UUID]:
-    """Send the pointer message of each (job id, delay seconds), 10 per call."""
-    outcome: SendOutcome[uuid.UUID] = SendOutcome()
-    for start in range(0, len(jobs), SQS_BATCH):
-        chunk = jobs[start : start + SQS_BATCH]
-        entries = [
-            {"Id": str(index), "MessageBody": encode_message(job_id), "DelaySeconds": delay}
-            for index, (job_id, delay) in enumerate(chunk)
-        ]
-        outcome.merge(await send_entries(sqs, queue_url, entries, [job_id for job_id, _ in chunk]))
+def chunked(items: Sequence[T], size: int = SQS_BATCH) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def call_in_batches(
+    items: Sequence[T],
+    *,
+    entry: Callable[[str, T], E],
+    key: Callable[[T], K],
+    call: Callable[[list[E]], Awaitable[Mapping[str, Any]]],
+    verb: str,
+) -> BatchOutcome[K]:
+    """Call `call` once per chunk of SQS_BATCH items, with `entry(Id, item)` per item (`Id` is
+    the index in the chunk); every item ends as sent or failed, named by `key(item)`."""
+    outcome: BatchOutcome[K] = BatchOutcome()
+    for chunk in chunked(items):
+        keys = [key(item) for item in chunk]
+        try:
+            response = await call([entry(str(index), item) for index, item in enumerate(chunk)])
+        except CALL_ERRORS as exc:
+            outcome.merge(BatchOutcome(failed={k: f"{verb} failed: {exc}" for k in keys}))
+            continue
+        outcome.merge(entry_outcomes(response, keys, verb=verb))
     return outcome
 
 
-async def send_entries(
-    sqs: Any, queue_url: str, entries: list[dict[str, Any]], keys: Sequence[K]
-) -> SendOutcome[K]:
-    """One SendMessageBatch call (at most 10 entries, `Id` = index); `keys[i]` names entry i."""
-    try:
-        response = await sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-    except (ClientError, BotoCoreError, OSError) as exc:
-        return SendOutcome(failed={key: f"send failed: {exc}" for key in keys})
-    return entry_outcomes(response, keys)
-
-
-def entry_outcomes(response: dict[str, Any], keys: Sequence[K]) -> SendOutcome[K]:
-    """Map a SendMessageBatch response back to its entries. An entry missing from both lists
-    (which SQS should never do) counts as failed: nothing is marked sent without proof."""
-    outcome: SendOutcome[K] = SendOutcome()
+def entry_outcomes(
+    response: Mapping[str, Any], keys: Sequence[K], *, verb: str = "send"
+) -> BatchOutcome[K]:
+    """Map a batch response back to its entries. An entry missing from both lists (which SQS
+    should never do) counts as failed: nothing is marked done without proof."""
+    outcome: BatchOutcome[K] = BatchOutcome()
     answered: set[int] = set()
     for entry in response.get("Successful", []):
         index = int(entry["Id"])
@@ -65,8 +70,8 @@ def entry_outcomes(response: dict[str, Any], keys: Sequence[K]) -> SendOutcome[K
         index = int(entry["Id"])
         answered.add(index)
         code = entry.get("Code", "error")
-        outcome.failed[keys[index]] = f"send failed: {code}: {entry.get('Message', '')}".strip()
+        outcome.failed[keys[index]] = f"{verb} failed: {code}: {entry.get('Message', '')}".strip()
     for index, key in enumerate(keys):
         if index not in answered:
-            outcome.failed[key] = "send failed: no answer for this entry"
+            outcome.failed[key] = f"{verb} failed: no answer for this entry"
     return outcome

@@ -16,6 +16,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobcore.jobs import MalformedMessage, decode_message
+from jobcore.sqs import SQS_BATCH, call_in_batches
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
@@ -23,7 +24,6 @@ from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-SQS_BATCH = 10  # the most entries one SQS batch call takes
 RECEIVE_BACKOFF_MAX_SECONDS = 30.0
 
 
@@ -212,22 +212,20 @@ class Consumer:
                     self._delete_queue.task_done()
 
     async def _delete_batch(self, batch: list[InFlight]) -> None:
-        entries = [
-            {"Id": str(index), "ReceiptHandle": entry.receipt_handle}
-            for index, entry in enumerate(batch)
-        ]
-        try:
-            response = await self.sqs.delete_message_batch(
+        # Messages not deleted come back; their rows are finished, so they are dropped then.
+        outcome = await call_in_batches(
+            batch,
+            entry=lambda index, e: {"Id": index, "ReceiptHandle": e.receipt_handle},
+            key=lambda e: e.message_id,
+            call=lambda entries: self.sqs.delete_message_batch(
                 QueueUrl=self.settings.queue_url, Entries=entries
-            )
-        except (ClientError, BotoCoreError, OSError) as exc:
-            # The messages come back; their rows are finished, so they are dropped then.
-            log.warning("delete failed; messages will be redelivered", error=str(exc))
-            return
-        self.metrics.deletes.inc(len(response.get("Successful", [])))
-        for failed in response.get("Failed", []):
-            log.warning("delete refused", message_id=batch[int(failed["Id"])].message_id,
-                        code=failed.get("Code"))  # fmt: skip
+            ),
+            verb="delete",
+        )
+        self.metrics.deletes.inc(len(outcome.sent))
+        for message_id, reason in outcome.failed.items():
+            log.warning("delete failed; message will be redelivered", message_id=message_id,
+                        reason=reason)  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -242,23 +240,23 @@ class Consumer:
 
     async def _extend(self, entries: list[InFlight]) -> None:
         timeout = self.settings.visibility_timeout_seconds
-        for start in range(0, len(entries), SQS_BATCH):
-            chunk = entries[start : start + SQS_BATCH]
-            try:
-                response = await self.sqs.change_message_visibility_batch(
-                    QueueUrl=self.settings.queue_url,
-                    Entries=[
-                        {
-                            "Id": str(i),
-                            "ReceiptHandle": e.receipt_handle,
-                            "VisibilityTimeout": timeout,
-                        }
-                        for i, e in enumerate(chunk)
-                    ],
-                )
-                self.metrics.visibility_extensions.inc(len(response.get("Successful", [])))
-            except (ClientError, BotoCoreError, OSError) as exc:
-                log.warning("visibility heartbeat failed", error=str(exc))
+        outcome = await call_in_batches(
+            entries,
+            entry=lambda index, e: {
+                "Id": index,
+                "ReceiptHandle": e.receipt_handle,
+                "VisibilityTimeout": timeout,
+            },
+            key=lambda e: e.message_id,
+            call=lambda chunk: self.sqs.change_message_visibility_batch(
+                QueueUrl=self.settings.queue_url, Entries=chunk
+            ),
+            verb="extend visibility",
+        )
+        self.metrics.visibility_extensions.inc(len(outcome.sent))
+        if outcome.failed:
+            log.warning("visibility heartbeat failed", error=next(iter(outcome.failed.values())),
+                        messages=len(outcome.failed))  # fmt: skip
         job_ids = [e.job_id for e in entries if e.job_id is not None]
         try:
             await self.store.extend_leases(job_ids, timeout)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from jobcore.job_queries import fetch_job
 from jobcore.jobs import JOB_COLUMNS, Job
 
 
@@ -31,10 +32,7 @@ class JobStore:
         self.worker_id = worker_id
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
-        record = await self.pool.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM image_processing_jobs WHERE id = $1", job_id
-        )
-        return Job.from_record(record) if record else None
+        return await fetch_job(self.pool, job_id)
 
     async def claim(self, job_id: uuid.UUID, *, model: str, lease_seconds: float) -> Claim:
         """Take the job for this worker. A row in `processing` whose lease has run out belongs to

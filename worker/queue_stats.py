@@ -5,25 +5,29 @@ Every worker reports the same fleet-wide values: aggregate them with max(), not 
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jobcore.jobs import QUEUE_DEPTH_ATTRIBUTES
+from jobcore.job_queries import count_jobs
+from jobcore.jobs import JobStatus
+from jobcore.queues import discover_dlq_url, queue_depth
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+
 log = structlog.get_logger(__name__)
 
-OPEN_STATUSES = ("pending", "queue_failed", "processing")
+OPEN_STATUSES = (JobStatus.PENDING, JobStatus.QUEUE_FAILED, JobStatus.PROCESSING)
 
 
 class QueueStatsPoller:
     def __init__(
-        self, settings: Settings, sqs: Any, pool: asyncpg.Pool, metrics: WorkerMetrics
+        self, settings: Settings, sqs: SQSClient, pool: asyncpg.Pool, metrics: WorkerMetrics
     ) -> None:
         self.settings = settings
         self.sqs = sqs
@@ -48,43 +52,18 @@ class QueueStatsPoller:
             log.warning("job stats poll failed", error=str(exc))
 
     async def _poll_queues(self) -> None:
-        names = [*QUEUE_DEPTH_ATTRIBUTES.values(), "RedrivePolicy"]
-        main = await self._attributes(self.settings.queue_url, names)
-        self._record("main", main)
-        if self._dlq_url is None and "RedrivePolicy" in main:
-            arn = json.loads(main["RedrivePolicy"])["deadLetterTargetArn"]
-            name = arn.rsplit(":", 1)[-1]
-            self._dlq_url = (await self.sqs.get_queue_url(QueueName=name))["QueueUrl"]
+        self._record("main", await queue_depth(self.sqs, self.settings.queue_url))
+        if self._dlq_url is None:
+            self._dlq_url = await discover_dlq_url(self.sqs, self.settings.queue_url)
         if self._dlq_url is not None:
-            self._record(
-                "dlq", await self._attributes(self._dlq_url, list(QUEUE_DEPTH_ATTRIBUTES.values()))
-            )
+            self._record("dlq", await queue_depth(self.sqs, self._dlq_url))
 
-    async def _attributes(self, url: str, names: list[str]) -> dict[str, str]:
-        response = await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
-        attributes: dict[str, str] = response.get("Attributes", {})
-        return attributes
-
-    def _record(self, queue: str, attributes: dict[str, str]) -> None:
-        for state, attribute in QUEUE_DEPTH_ATTRIBUTES.items():
-            value = float(attributes.get(attribute, 0))
+    def _record(self, queue: str, depth: dict[str, int]) -> None:
+        for state, value in depth.items():
             self.metrics.queue_messages.labels(queue=queue, state=state).set(value)
 
     async def _poll_jobs(self) -> None:
-        rows = await self.pool.fetch(
-            """SELECT status, count(*) AS n,
-                      EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
-                 FROM image_processing_jobs
-                WHERE status = ANY($1::text[])
-                GROUP BY status""",
-            list(OPEN_STATUSES),
-        )
-        counts = {status: 0 for status in OPEN_STATUSES}
-        oldest_pending = 0.0
-        for row in rows:
-            counts[row["status"]] = row["n"]
-            if row["status"] == "pending":
-                oldest_pending = row["oldest"] or 0.0
-        for status, count in counts.items():
+        jobs = await count_jobs(self.pool, OPEN_STATUSES)
+        for status, count in jobs.counts.items():
             self.metrics.open_jobs.labels(status=status).set(count)
-        self.metrics.oldest_pending_age.set(oldest_pending)
+        self.metrics.oldest_pending_age.set(jobs.oldest_pending_age_seconds or 0.0)

@@ -3,17 +3,18 @@ S3 error codes are known."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from jobcore.s3_errors import MISSING_BUCKET_CODES, MISSING_OBJECT_CODES, error_code
 from worker.errors import permanent, transient
 
-MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
-NO_BUCKET_CODES = {"NoSuchBucket"}
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
-async def download(s3: Any, bucket: str, key: str, *, max_bytes: int) -> bytes:
+async def download(s3: S3Client, bucket: str, key: str, *, max_bytes: int) -> bytes:
     try:
         response = await s3.get_object(Bucket=bucket, Key=key)
         async with response["Body"] as body:
@@ -26,25 +27,25 @@ async def download(s3: Any, bucket: str, key: str, *, max_bytes: int) -> bytes:
             data: bytes = await body.read()
             return data
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in MISSING_CODES:
+        code = error_code(exc)
+        if code in MISSING_OBJECT_CODES:
             raise permanent(
                 "missing_object", f"source s3://{bucket}/{key} does not exist"
             ) from None
-        if code in NO_BUCKET_CODES:
+        if code in MISSING_BUCKET_CODES:
             raise permanent("missing_bucket", f"source bucket {bucket!r} does not exist") from None
         raise transient("s3_error", f"download s3://{bucket}/{key}: {code or exc}") from exc
     except BotoCoreError as exc:
         raise transient("s3_unreachable", f"download s3://{bucket}/{key}: {exc}") from exc
 
 
-async def upload(s3: Any, bucket: str, key: str, data: bytes, *, job_id: str) -> None:
+async def upload(s3: S3Client, bucket: str, key: str, data: bytes, *, job_id: str) -> None:
     try:
         await s3.put_object(
             Bucket=bucket, Key=key, Body=data, ContentType="image/png", Metadata={"job-id": job_id}
         )
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = error_code(exc)
         # A missing result bucket is a deployment fault the operator can fix: retry, then DLQ.
         raise transient("s3_error", f"upload s3://{bucket}/{key}: {code or exc}") from exc
     except BotoCoreError as exc:
