@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(BIN)/image-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[worker,cpu,dev]'
 	touch $@
 
 install: $(BIN)/image-worker model
@@ -33,9 +33,10 @@ $(CHECKOV):
 	$(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/pip install -q checkov
 
-## The main job on an embedded local stack (moto SQS/S3, local or embedded PostgreSQL).
+## The main job on an embedded local stack (moto SQS/S3, local or embedded PostgreSQL); the
+## dev-only `devstack` package runs from the checkout.
 dev: install
-	$(BIN)/image-worker dev
+	$(BIN)/python -m devstack
 
 ## The whole test suite (what .ci/run calls).
 test: install system-deps tools

@@ -1,6 +1,6 @@
 """The embedded local stack: moto's server for SQS and S3 on a loopback port, PostgreSQL from
 DATABASE_URL (or 127.0.0.1:5432, or an embedded `pgserver`), the queue with its DLQ and a bucket.
-Used by `image-worker dev` and by the test suite."""
+Used by `make dev` (`python -m devstack`), the test suite and the benchmark."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ import json
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
+import aioboto3
 import asyncpg
+import pgserver
+import skimage
 import structlog
+from moto.server import ThreadedMotoServer
+
+from worker.migrate import migrate_url
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +42,6 @@ SAMPLE_PHOTOS = ("coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg", "mo
 @contextmanager
 def moto_server() -> Iterator[str]:
     """Start moto on a free loopback port; yield its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     for name, value in FAKE_CREDENTIALS.items():
         os.environ.setdefault(name, value)
@@ -55,7 +62,7 @@ class QueuePair:
 
 
 async def create_queue_pair(
-    sqs: Any, name: str, *, max_receive_count: int, visibility: int = 60
+    sqs: SQSClient, name: str, *, max_receive_count: int, visibility: int = 60
 ) -> QueuePair:
     dlq_url = (await sqs.create_queue(QueueName=f"{name}-dlq"))["QueueUrl"]
     attributes = await sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
@@ -92,8 +99,6 @@ def postgres_server() -> Iterator[str]:
         if asyncio.run(database_answers(url)):
             yield url
             return
-    import pgserver
-
     with tempfile.TemporaryDirectory(prefix="image-worker-pg-") as data_dir:
         log.info("no PostgreSQL answers; starting an embedded one", pgdata=data_dir)
         server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
@@ -125,8 +130,6 @@ async def drop_database(admin_url: str, name: str) -> None:
 
 def database_url_for(admin_url: str, name: str) -> str:
     """Swap the database name in a URL, keeping host, user and query (socket paths)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(admin_url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
@@ -135,10 +138,6 @@ async def provision(
     admin_url: str, endpoint: str, *, database: str, queue: str, bucket: str
 ) -> tuple[str, QueuePair]:
     """A fresh migrated database, a queue with its DLQ, and a bucket; the database URL."""
-    import aioboto3
-
-    from worker.migrate import migrate_url
-
     database_url = await recreate_database(admin_url, database)
     await migrate_url(database_url)
     session = aioboto3.Session()
@@ -152,109 +151,5 @@ async def provision(
 
 
 def sample_photos() -> list[Path]:
-    import skimage
-
     folder = Path(skimage.__file__).parent / "data"
     return [folder / name for name in SAMPLE_PHOTOS if (folder / name).is_file()]
-
-
-def run_dev(out_dir: Path, *, exit_after_samples: bool = False) -> int:
-    from jobcore.log_setup import configure_logging
-
-    configure_logging("console", os.environ.get("LOG_LEVEL", "info"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with postgres_server() as admin_url, moto_server() as endpoint:
-        try:
-            return asyncio.run(_dev(admin_url, endpoint, out_dir, exit_after_samples))
-        except KeyboardInterrupt:
-            return 0
-
-
-async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples: bool) -> int:
-
-    from api_client import ClientSettings, JobClient
-    from worker.app import WorkerApp
-    from worker.cli import install_stop_signals
-    from worker.settings import Settings
-
-    database_url, queues = await provision(
-        admin_url, endpoint, database="image_worker_dev", queue="image-jobs", bucket="book-photos"
-    )
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SQS_QUEUE_URL": queues.queue_url,
-        "AWS_ENDPOINT_URL": endpoint,
-        "SOURCE_BUCKET": "book-photos",
-        "U2NET_HOME": os.environ.get("U2NET_HOME", str(Path.cwd() / ".models")),
-        "LOG_FORMAT": "console",
-        "METRICS_PORT": os.environ.get("METRICS_PORT", "9100"),
-        "MAX_ATTEMPTS": "5",
-    }
-    settings = Settings.from_env(env)
-    app = WorkerApp(settings)
-    async with AsyncExitStack() as stack:
-        install_stop_signals(app.stop)
-        worker_task = asyncio.create_task(app.run(), name="worker")
-        stack.push_async_callback(_stop_worker, app, worker_task)
-        await _first_done(app.ready.wait(), worker_task)
-        if worker_task.done():
-            return 1
-        client = await stack.enter_async_context(JobClient.connect(ClientSettings.from_env(env)))
-        started = time.monotonic()
-        jobs = []
-        for photo in sample_photos():
-            key = f"sources/{photo.name}"
-            await client.upload_source(key, photo.read_bytes())
-            jobs.append((photo, await client.create_job(key, book_id=photo.stem)))
-        for photo, job in jobs:
-            finished = await _wait_finished(client, job.id, app)
-            if finished is None:
-                break
-            if finished.status == "completed" and finished.result_key:
-                target = out_dir / f"{photo.stem}.png"
-                response = await client.require_s3().get_object(
-                    Bucket=finished.result_bucket, Key=finished.result_key
-                )
-                async with response["Body"] as body:
-                    target.write_bytes(await body.read())
-                print(f"completed  {photo.name:22} -> {target}", flush=True)
-            else:
-                print(f"{finished.status:10} {photo.name:22} {finished.error}", flush=True)
-        elapsed = time.monotonic() - started
-        print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
-        print(f"metrics: http://127.0.0.1:{app.port}/metrics", flush=True)
-        print("inject more (from another shell):", flush=True)
-        print(
-            f"  DATABASE_URL='{database_url}' SQS_QUEUE_URL='{queues.queue_url}' "
-            f"AWS_ENDPOINT_URL='{endpoint}' SOURCE_BUCKET=book-photos "
-            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-            ".venv/bin/image-jobs inject --wait PATH...",
-            flush=True,
-        )
-        if exit_after_samples:
-            app.stop.set()
-        else:
-            print("Ctrl-C to stop.", flush=True)
-        await worker_task
-    return 0
-
-
-async def _stop_worker(app: Any, task: asyncio.Task[None]) -> None:
-    app.stop.set()
-    await asyncio.wait({task})
-
-
-async def _first_done(waitable: Any, task: asyncio.Task[None]) -> None:
-    waiter = asyncio.ensure_future(waitable)
-    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-
-
-async def _wait_finished(client: Any, job_id: Any, app: Any) -> Any:
-    while not app.stop.is_set():
-        job = await client.get_job(job_id)
-        if job is not None and job.status.finished:
-            return job
-        await asyncio.sleep(0.2)
-    return None

@@ -124,13 +124,18 @@ def worker_settings_names() -> set[str]:
 
 
 def worker_sqs_calls() -> set[str]:
-    """`sqs.<method>(` calls in worker/*.py (the daemon, not the dev stack's queue setup)."""
+    """`sqs.<method>(` calls in worker/*.py and in the jobcore modules the worker imports (the
+    daemon; the dev stack's queue setup lives outside both)."""
+    sources = sorted((REPO / "worker").glob("*.py"))
+    core = {
+        m for p in sources for m in re.findall(r"^from jobcore\.(\w+) import", p.read_text(), re.M)
+    }
+    assert "queues" in core, core  # DLQ discovery and queue depth
+    sources += [REPO / "jobcore" / f"{module}.py" for module in sorted(core)]
     calls: set[str] = set()
-    for path in sorted((REPO / "worker").glob("*.py")):
-        if path.name == "devstack.py":  # creates queues on moto for `make dev`; never in ECS
-            continue
+    for path in sources:
         calls.update(re.findall(r"\bsqs\.([a-z_]+)\(", path.read_text()))
-    assert "receive_message" in calls, calls
+    assert {"receive_message", "get_queue_url"} <= calls, calls
     return calls
 
 

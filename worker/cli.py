@@ -1,10 +1,11 @@
-"""`image-worker`: run the daemon, migrate the schema, fetch model weights, health-check, or start
-the whole system on an embedded local stack (`dev`)."""
+"""`image-worker`: run the daemon, migrate the schema, fetch model weights, or health-check.
+(The embedded local stack is dev-only: `make dev` runs `python -m devstack`.)"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -20,6 +21,9 @@ from worker.settings import Settings, SettingsError
 EXIT_CONFIG = 2
 EXIT_START_FAILED = 3
 
+# What the `worker` extra brings (import names); a producer-only install has none of them.
+WORKER_MODULES = ("aiohttp", "numpy", "onnx", "onnxruntime", "PIL", "prometheus_client", "rembg")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="image-worker", description=__doc__)
@@ -32,22 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("name", nargs="?", default=os.environ.get("MODEL_NAME", "u2netp"))
     health = commands.add_parser("healthcheck", help="exit 0 if /healthz answers OK, else 1")
     health.add_argument("--url", default=None, help="default: http://127.0.0.1:$METRICS_PORT")
-    dev = commands.add_parser("dev", help="run the whole system on an embedded local stack")
-    dev.add_argument("--out", type=Path, default=Path("out"), help="where cut-outs are written")
-    dev.add_argument("--exit-after-samples", action="store_true", help="stop once samples finish")
     args = parser.parse_args(argv)
 
+    if args.command in ("run", "models"):
+        missing = [name for name in WORKER_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            print(
+                f"image-worker: the worker's dependencies are not installed ({', '.join(missing)}"
+                " missing): install image-worker[worker,gpu] or image-worker[worker,cpu]",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     if args.command == "run":
         return _run()
     if args.command == "migrate":
         return _migrate()
     if args.command == "models":
         return _fetch_model(args.name)
-    if args.command == "healthcheck":
-        return _healthcheck(args.url)
-    from devstack.stack import run_dev
-
-    return run_dev(args.out, exit_after_samples=args.exit_after_samples)
+    return _healthcheck(args.url)
 
 
 def _run() -> int:

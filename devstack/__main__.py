@@ -1,0 +1,129 @@
+"""`python -m devstack` (what `make dev` runs): the worker and the producer on the embedded local
+stack; the sample photos go through, their cut-outs land in --out."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from api_client import ClientSettings, Job, JobClient
+from devstack.stack import moto_server, postgres_server, provision, sample_photos
+from jobcore.log_setup import configure_logging
+from worker.app import WorkerApp
+from worker.cli import install_stop_signals
+from worker.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("out"), help="where cut-outs are written")
+    parser.add_argument(
+        "--exit-after-samples", action="store_true", help="stop once the samples finish"
+    )
+    args = parser.parse_args(argv)
+    return run_dev(args.out, exit_after_samples=args.exit_after_samples)
+
+
+def run_dev(out_dir: Path, *, exit_after_samples: bool = False) -> int:
+    configure_logging("console", os.environ.get("LOG_LEVEL", "info"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with postgres_server() as admin_url, moto_server() as endpoint:
+        try:
+            return asyncio.run(_dev(admin_url, endpoint, out_dir, exit_after_samples))
+        except KeyboardInterrupt:
+            return 0
+
+
+async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples: bool) -> int:
+    database_url, queues = await provision(
+        admin_url, endpoint, database="image_worker_dev", queue="image-jobs", bucket="book-photos"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SQS_QUEUE_URL": queues.queue_url,
+        "AWS_ENDPOINT_URL": endpoint,
+        "SOURCE_BUCKET": "book-photos",
+        "U2NET_HOME": os.environ.get("U2NET_HOME", str(Path.cwd() / ".models")),
+        "LOG_FORMAT": "console",
+        "METRICS_PORT": os.environ.get("METRICS_PORT", "9100"),
+        "MAX_ATTEMPTS": "5",
+    }
+    settings = Settings.from_env(env)
+    app = WorkerApp(settings)
+    async with AsyncExitStack() as stack:
+        install_stop_signals(app.stop)
+        worker_task = asyncio.create_task(app.run(), name="worker")
+        stack.push_async_callback(_stop_worker, app, worker_task)
+        await _first_done(app.ready.wait(), worker_task)
+        if worker_task.done():
+            return 1
+        client = await stack.enter_async_context(JobClient.connect(ClientSettings.from_env(env)))
+        started = time.monotonic()
+        jobs = []
+        for photo in sample_photos():
+            key = f"sources/{photo.name}"
+            await client.upload_source(key, photo.read_bytes())
+            jobs.append((photo, await client.create_job(key, book_id=photo.stem)))
+        for photo, job in jobs:
+            finished = await _wait_finished(client, job.id, app)
+            if finished is None:
+                break
+            if finished.status == "completed" and finished.result_bucket and finished.result_key:
+                target = out_dir / f"{photo.stem}.png"
+                response = await client.require_s3().get_object(
+                    Bucket=finished.result_bucket, Key=finished.result_key
+                )
+                async with response["Body"] as body:
+                    target.write_bytes(await body.read())
+                print(f"completed  {photo.name:22} -> {target}", flush=True)
+            else:
+                print(f"{finished.status:10} {photo.name:22} {finished.error}", flush=True)
+        elapsed = time.monotonic() - started
+        print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
+        print(f"metrics: http://127.0.0.1:{app.port}/metrics", flush=True)
+        print("inject more (from another shell):", flush=True)
+        print(
+            f"  DATABASE_URL='{database_url}' SQS_QUEUE_URL='{queues.queue_url}' "
+            f"AWS_ENDPOINT_URL='{endpoint}' SOURCE_BUCKET=book-photos "
+            "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+            ".venv/bin/image-jobs inject --wait PATH...",
+            flush=True,
+        )
+        if exit_after_samples:
+            app.stop.set()
+        else:
+            print("Ctrl-C to stop.", flush=True)
+        await worker_task
+    return 0
+
+
+async def _stop_worker(app: WorkerApp, task: asyncio.Task[None]) -> None:
+    app.stop.set()
+    await asyncio.wait({task})
+
+
+async def _first_done(waitable: Awaitable[object], task: asyncio.Task[None]) -> None:
+    waiter = asyncio.ensure_future(waitable)
+    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+
+
+async def _wait_finished(client: JobClient, job_id: uuid.UUID, app: WorkerApp) -> Job | None:
+    while not app.stop.is_set():
+        job = await client.get_job(job_id)
+        if job is not None and job.status.finished:
+            return job
+        await asyncio.sleep(0.2)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The producer installs without the model stack: `pip install image-worker` (no extras) into a
+fresh venv brings `api_client` and `jobcore` but none of rembg, onnxruntime, onnx, numpy, pillow
+or scikit-image, and from that venv `image-jobs` creates a job against the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from jobcore.jobs import decode_message
+from tests.conftest import Aws
+
+REPO = Path(__file__).resolve().parents[1]
+ML_MODULES = ("rembg", "onnxruntime", "onnx", "numpy", "PIL", "skimage")
+PROJECT_FILES = ("pyproject.toml", "README.md")
+PACKAGES = ("api_client", "jobcore", "worker")
+
+
+@pytest.fixture(scope="module")
+def producer_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the producer spec (`image-worker`, no extras), resolved by pip."""
+    root = tmp_path_factory.mktemp("producer")
+    source = root / "source"  # a copy, so the build writes nothing into the checkout
+    source.mkdir()
+    for name in PROJECT_FILES:
+        shutil.copy2(REPO / name, source / name)
+    for package in PACKAGES:
+        shutil.copytree(
+            REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return venv
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that would let the venv see the checkout's packages."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return {**env, **extra}
+
+
+def test_producer_install_has_no_model_stack(producer_venv: Path, tmp_path: Path) -> None:
+    probe = (
+        "import importlib.util, json, sys\n"
+        "import api_client, jobcore.jobs\n"
+        "print(json.dumps({\n"
+        "  'api_client': api_client.__file__,\n"
+        f"  'absent': [m for m in {ML_MODULES!r} if importlib.util.find_spec(m) is None],\n"
+        "  'worker_imported': sorted(m for m in sys.modules if m.split('.')[0] == 'worker'),\n"
+        "}))\n"
+    )
+    result = subprocess.run(
+        [str(producer_venv / "bin" / "python"), "-c", probe],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert Path(found["api_client"]).is_relative_to(producer_venv), found["api_client"]
+    assert found["absent"] == list(ML_MODULES)
+    assert found["worker_imported"] == []  # the producer never imports the worker package
+
+
+def test_worker_command_in_a_producer_install_names_the_missing_extra(
+    producer_venv: Path, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(producer_venv / "bin" / "image-worker"), "run"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "image-worker[worker,gpu]" in result.stderr
+    assert "rembg" in result.stderr
+
+
+async def test_producer_install_creates_a_job(
+    producer_venv: Path, tmp_path: Path, database_url: str, aws: Aws, db: asyncpg.Pool
+) -> None:
+    await aws.put("books/cover.jpg", b"bytes the producer never decodes")
+    env = clean_env(
+        DATABASE_URL=database_url,
+        SQS_QUEUE_URL=aws.queue_url,
+        AWS_ENDPOINT_URL=aws.endpoint,
+        AWS_REGION="us-east-1",
+        SOURCE_BUCKET=aws.bucket,
+    )
+    process = await asyncio.create_subprocess_exec(
+        str(producer_venv / "bin" / "image-jobs"),
+        "--json",
+        "enqueue",
+        "--key",
+        "books/cover.jpg",
+        "--book-id",
+        "b-1",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    job = json.loads(stdout)
+    assert job["status"] == "pending"
+    row = await db.fetchrow(
+        "SELECT status, source_bucket, source_key, book_id FROM image_processing_jobs"
+        " WHERE id = $1::uuid",
+        job["id"],
+    )
+    assert row is not None
+    assert dict(row) == {
+        "status": "pending",
+        "source_bucket": aws.bucket,
+        "source_key": "books/cover.jpg",
+        "book_id": "b-1",
+    }
+    bodies = await aws.receive_all()
+    assert [str(decode_message(body)) for body in bodies] == [job["id"]]
