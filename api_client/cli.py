@@ -282,7 +282,7 @@ async def cmd_inject(settings: ClientSettings, args: argparse.Namespace, out: Ou
         for source, job in zip(sources, jobs, strict=True):
             label = str(source) if isinstance(source, Path) else f"s3://{source[0]}/{source[1]}"
             out.emit({"file": label, **job.to_dict()}, f"{job.id} {job.status} {label}")
-        return await _finish(client, jobs, args, out)
+        return await _warn_unsent_and_wait(client, jobs, args, out)
 
 
 async def cmd_enqueue(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:
@@ -294,7 +294,7 @@ async def cmd_enqueue(settings: ClientSettings, args: argparse.Namespace, out: O
         jobs = await client.create_jobs([NewJob(key, bucket, args.book_id) for key in args.key])
         for job in jobs:
             out.emit(job.to_dict(), f"{job.id} {job.status} s3://{bucket}/{job.source_key}")
-        return await _finish(client, jobs, args, out)
+        return await _warn_unsent_and_wait(client, jobs, args, out)
 
 
 async def _check_objects(client: JobClient, objects: list[tuple[str, str]]) -> None:
@@ -308,7 +308,9 @@ async def _check_objects(client: JobClient, objects: list[tuple[str, str]]) -> N
             raise
 
 
-async def _finish(client: JobClient, jobs: list[Job], args: argparse.Namespace, out: Output) -> int:
+async def _warn_unsent_and_wait(
+    client: JobClient, jobs: list[Job], args: argparse.Namespace, out: Output
+) -> int:
     unsent = [job for job in jobs if job.status is JobStatus.QUEUE_FAILED]
     if unsent:
         warn(

@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -e '.[gpu,dev]' 'onnxruntime-gpu[cuda,cudnn]'
+"$VENV/bin/pip" install --quiet -e '.[worker,gpu,dev]' 'onnxruntime-gpu[cuda,cudnn]'
 "$VENV/bin/image-worker" models fetch u2netp
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$VENV/bin/python" -c 'import onnxruntime as ort; print("onnxruntime", ort.__version__, ort.get_available_providers())'

@@ -59,7 +59,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
     settings = Settings.from_env(env)
     app = WorkerApp(settings)
     async with AsyncExitStack() as stack:
-        install_stop_signals(app.stop)
+        install_stop_signals(app.stop_requested)
         worker_task = asyncio.create_task(app.run(), name="worker")
         stack.push_async_callback(_stop_worker, app, worker_task)
         await _first_done(app.ready.wait(), worker_task)
@@ -98,7 +98,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
             flush=True,
         )
         if exit_after_samples:
-            app.stop.set()
+            app.stop_requested.set()
         else:
             print("Ctrl-C to stop.", flush=True)
         await worker_task
@@ -106,7 +106,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
 
 
 async def _stop_worker(app: WorkerApp, task: asyncio.Task[None]) -> None:
-    app.stop.set()
+    app.stop_requested.set()
     await asyncio.wait({task})
 
 
@@ -117,7 +117,7 @@ async def _first_done(waitable: Awaitable[object], task: asyncio.Task[None]) -> 
 
 
 async def _wait_finished(client: JobClient, job_id: uuid.UUID, app: WorkerApp) -> Job | None:
-    while not app.stop.is_set():
+    while not app.stop_requested.is_set():
         job = await client.get_job(job_id)
         if job is not None and job.status.finished:
             return job

@@ -179,7 +179,7 @@ class RunningWorker:
         return f"http://127.0.0.1:{self.app.port}"
 
     async def stop(self) -> None:
-        self.app.stop.set()
+        self.app.stop_requested.set()
         await asyncio.wait_for(asyncio.shield(self.task), timeout=60)
 
 

@@ -36,7 +36,7 @@ async def test_batched_masks_equal_batch_of_one(model_home: Path) -> None:
         outputs = await asyncio.gather(*(batched.infer(batched.prepare(i)) for i in images))
         assert batched.batcher.batch_sizes == [4]
         for image, (output, _) in zip(images, outputs, strict=True):
-            ours = np.asarray(batched.finish(output, image.size)).astype(np.int16)
+            ours = np.asarray(batched.mask_from_output(output, image.size)).astype(np.int16)
             reference = np.asarray(single.predict(image)).astype(np.int16)
             assert np.abs(ours - reference).max() <= 1
 

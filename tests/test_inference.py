@@ -35,7 +35,7 @@ def test_split_stages_equal_rembgs_own_predict(runner: ModelRunner) -> None:
     images.append(Image.open(io.BytesIO(synthetic_scene((1600, 1200), seed=1)[0])).convert("RGB"))
     assert runner.split
     for image in images:
-        ours = np.asarray(runner.finish(runner.run(runner.prepare(image)), image.size))
+        ours = np.asarray(runner.mask_from_output(runner.run(runner.prepare(image)), image.size))
         theirs = np.asarray(runner.session.predict(image)[0])
         assert ours.shape == theirs.shape == image.size[::-1]
         assert np.array_equal(ours, theirs)
@@ -92,7 +92,8 @@ def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: Mod
     assert isinstance(model_input, dict)
     overlap = runner.overlap_session.run(None, model_input)[0]
     assert np.array_equal(
-        np.asarray(runner.finish(solo, image.size)), np.asarray(runner.finish(overlap, image.size))
+        np.asarray(runner.mask_from_output(solo, image.size)),
+        np.asarray(runner.mask_from_output(overlap, image.size)),
     )
     before = runner.overlapped_runs
     with ThreadPoolExecutor(max_workers=2) as pool:

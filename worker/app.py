@@ -44,7 +44,7 @@ class WorkerApp:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self.health = HealthState(stale_after=settings.health_stale_seconds)
-        self.stop = asyncio.Event()
+        self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.port: int | None = None
         self.provider: str | None = None
@@ -114,7 +114,7 @@ class WorkerApp:
             log.info("worker ready", metrics_port=self.port, provider=model.provider)
             tasks = [asyncio.create_task(coroutine) for coroutine in background]
             try:
-                await consumer.run(self.stop)
+                await consumer.run(self.stop_requested)
             finally:
                 for task in tasks:
                     task.cancel()

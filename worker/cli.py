@@ -70,7 +70,7 @@ def _run() -> int:
 
     async def serve() -> int:
         app = WorkerApp(settings)
-        install_stop_signals(app.stop)
+        install_stop_signals(app.stop_requested)
         try:
             await app.run()
         except ModelUnavailable as exc:

@@ -161,7 +161,7 @@ class Consumer:
                 # A bug, not a job failure: the message returns after its visibility timeout.
                 log.exception("message handler crashed")
             finally:
-                self._finish(entry)
+                self._free_slot(entry)
 
     async def _settle(self, entry: InFlight, outcome: Outcome) -> None:
         if outcome.action is Action.DELETE:
@@ -171,7 +171,7 @@ class Consumer:
         else:  # LEAVE: visible now, so the redrive policy moves it to the DLQ on next receive
             await self._set_visibility(entry, 0)
 
-    def _finish(self, entry: InFlight) -> None:
+    def _free_slot(self, entry: InFlight) -> None:
         self.in_flight.pop(entry.message_id, None)
         self.metrics.in_flight.set(len(self.in_flight))
         self._slot_freed.set()

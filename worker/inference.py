@@ -163,7 +163,7 @@ class ModelRunner:
 
     def predict(self, image: Image.Image) -> Image.Image:
         """Blocking: the alpha mask (mode L, the image's size), all stages in this thread."""
-        return self.finish(self.run(self.prepare(image)), image.size)
+        return self.mask_from_output(self.run(self.prepare(image)), image.size)
 
     def prepare(self, image: Image.Image) -> ModelInput:
         """CPU stage: the model's input tensor (split models), else the image itself."""
@@ -189,7 +189,9 @@ class ModelRunner:
                 self._running -= 1
         return output
 
-    def finish(self, output: np.ndarray | Image.Image, size: tuple[int, int]) -> Image.Image:
+    def mask_from_output(
+        self, output: np.ndarray | Image.Image, size: tuple[int, int]
+    ) -> Image.Image:
         """CPU stage: rembg's post-processing, min-max over the map, resized to the image."""
         if isinstance(output, Image.Image):
             return output

@@ -162,7 +162,7 @@ class JobProcessor:
         del model_input
         self.metrics.inference_seconds.observe(model_seconds)
         with self.metrics.time_stage("encode"):
-            png = await loop.run_in_executor(self.cpu_pool, self._finish, decoded, output)
+            png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
         result_bucket = settings.result_bucket or job.source_bucket
         result_key = f"{settings.result_prefix}{job.id}.png"
         with self.metrics.time_stage("upload"), self._tracking("s3"):
@@ -170,9 +170,9 @@ class JobProcessor:
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
 
-    def _finish(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
+    def _encode_cut_out(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
         """CPU stage: the mask from the model's output, the cut-out, and its PNG."""
-        mask = self.model.finish(output, decoded.rgb.size)
+        mask = self.model.mask_from_output(output, decoded.rgb.size)
         cutout = imaging.cut_out(decoded, mask)
         return imaging.encode_png(cutout, compress_level=self.settings.png_compress_level)
 
