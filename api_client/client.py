@@ -24,8 +24,15 @@ import aioboto3
 import asyncpg
 import structlog
 
-from api_client import admin
-from api_client.admin import DlqRedrive, QueueStats, Requeued
+from api_client.admin import (
+    DlqRedrive,
+    QueueStats,
+    Requeued,
+    redrive_dlq,
+    retry_failed,
+    retry_queue_failed,
+    stats,
+)
 from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
 from api_client.settings import ClientSettings
 from jobcore.job_queries import fetch_job, mark_queue_failed
@@ -248,7 +255,7 @@ class JobClient:
     # -- repairs and numbers (api_client.admin) ----------------------------------------------------
 
     async def retry_queue_failed(self, *, limit: int = 100, batch_size: int = 10) -> Requeued:
-        return await admin.retry_queue_failed(self, limit=limit, batch_size=batch_size)
+        return await retry_queue_failed(self, limit=limit, batch_size=batch_size)
 
     async def retry_failed(
         self,
@@ -258,17 +265,17 @@ class JobClient:
         older_than: timedelta | None = None,
         limit: int = 100,
     ) -> Requeued:
-        return await admin.retry_failed(
+        return await retry_failed(
             self, job_ids, error_contains=error_contains, older_than=older_than, limit=limit
         )
 
     async def redrive_dlq(
         self, *, dlq_url: str | None = None, limit: int | None = None
     ) -> DlqRedrive:
-        return await admin.redrive_dlq(self, dlq_url=dlq_url, limit=limit)
+        return await redrive_dlq(self, dlq_url=dlq_url, limit=limit)
 
     async def stats(self) -> QueueStats:
-        return await admin.stats(self)
+        return await stats(self)
 
     async def dlq_url(self) -> str | None:
         """The DLQ: SQS_DLQ_URL, else the main queue's RedrivePolicy deadLetterTargetArn."""

@@ -63,6 +63,8 @@ def _run() -> int:
         print(f"image-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    # Imported here, not at the top: without the `worker` extra this module must still load, so
+    # that `main` can name what is missing instead of failing with an ImportError.
     import asyncpg
 
     from worker.app import WorkerApp

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,6 +21,14 @@ from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+    from types_aiobotocore_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
+        DeleteMessageBatchRequestEntryTypeDef,
+        MessageTypeDef,
+    )
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +49,7 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        sqs: Any,
+        sqs: SQSClient,
         store: JobStore,
         processor: JobProcessor,
         metrics: WorkerMetrics,
@@ -119,7 +127,7 @@ class Consumer:
         finally:
             stop_wait.cancel()
 
-    async def _receive(self, count: int) -> list[dict[str, Any]]:
+    async def _receive(self, count: int) -> list[MessageTypeDef]:
         response = await self.sqs.receive_message(
             QueueUrl=self.settings.queue_url,
             MaxNumberOfMessages=min(SQS_BATCH, count),
@@ -127,17 +135,16 @@ class Consumer:
             VisibilityTimeout=self.settings.visibility_timeout_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )
-        messages: list[dict[str, Any]] = response.get("Messages", [])
-        return messages
+        return response.get("Messages", [])
 
-    def _start(self, message: dict[str, Any]) -> None:
+    def _start(self, message: MessageTypeDef) -> None:
         entry = InFlight(message["MessageId"], message["ReceiptHandle"])
         self.in_flight[entry.message_id] = entry
         self.metrics.in_flight.set(len(self.in_flight))
         self.on_busy(True)
         entry.task = asyncio.create_task(self._handle(entry, message), name=entry.message_id)
 
-    async def _handle(self, entry: InFlight, message: dict[str, Any]) -> None:
+    async def _handle(self, entry: InFlight, message: MessageTypeDef) -> None:
         attributes = message.get("Attributes", {})
         receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
         sent_ms = attributes.get("SentTimestamp")
@@ -215,7 +222,7 @@ class Consumer:
         # Messages not deleted come back; their rows are finished, so they are dropped then.
         outcome = await call_in_batches(
             batch,
-            entry=lambda index, e: {"Id": index, "ReceiptHandle": e.receipt_handle},
+            entry=_delete_entry,
             key=lambda e: e.message_id,
             call=lambda entries: self.sqs.delete_message_batch(
                 QueueUrl=self.settings.queue_url, Entries=entries
@@ -240,13 +247,13 @@ class Consumer:
 
     async def _extend(self, entries: list[InFlight]) -> None:
         timeout = self.settings.visibility_timeout_seconds
+
+        def extension(index: str, e: InFlight) -> ChangeMessageVisibilityBatchRequestEntryTypeDef:
+            return {"Id": index, "ReceiptHandle": e.receipt_handle, "VisibilityTimeout": timeout}
+
         outcome = await call_in_batches(
             entries,
-            entry=lambda index, e: {
-                "Id": index,
-                "ReceiptHandle": e.receipt_handle,
-                "VisibilityTimeout": timeout,
-            },
+            entry=extension,
             key=lambda e: e.message_id,
             call=lambda chunk: self.sqs.change_message_visibility_batch(
                 QueueUrl=self.settings.queue_url, Entries=chunk
@@ -275,6 +282,10 @@ class Consumer:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)
+
+
+def _delete_entry(index: str, entry: InFlight) -> DeleteMessageBatchRequestEntryTypeDef:
+    return {"Id": index, "ReceiptHandle": entry.receipt_handle}
 
 
 async def _first_of(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -26,6 +26,9 @@ from worker.inference import ModelRunner
 from worker.job_table import ClaimOutcome, JobStore
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +54,7 @@ class JobProcessor:
         self,
         settings: Settings,
         store: JobStore,
-        s3: Any,
+        s3: S3Client,
         model: ModelRunner,
         cpu_pool: Executor,
         metrics: WorkerMetrics,
