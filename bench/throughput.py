@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from devstack.stack import moto_server, postgres_server, provision, sample_photos  # noqa: E402
 from jobcore.jobs import encode_message  # noqa: E402
+from jobcore.sqs import call_in_batches  # noqa: E402
 from tests.helpers import scrape, synthetic_scene  # noqa: E402
 
 SIZE = (1600, 1200)
@@ -159,14 +160,18 @@ async def run_worker(
             )
             rss_at_100 = None
             started = time.perf_counter()
-            for start in range(0, jobs, 10):
-                await sqs.send_message_batch(
-                    QueueUrl=queues.queue_url,
-                    Entries=[
-                        {"Id": str(n), "MessageBody": encode_message(job_id)}
-                        for n, job_id in enumerate(ids[start : start + 10])
-                    ],
-                )
+            sent = await call_in_batches(
+                ids,
+                entry=lambda index, job_id: {"Id": index, "MessageBody": encode_message(job_id)},
+                key=lambda job_id: job_id,
+                call=lambda entries: sqs.send_message_batch(
+                    QueueUrl=queues.queue_url, Entries=entries
+                ),
+                verb="send",
+            )
+            if sent.failed:
+                reason = next(iter(sent.failed.values()))
+                raise RuntimeError(f"{len(sent.failed)} messages not sent: {reason}")
             while True:
                 done = await pool.fetchval(
                     "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
