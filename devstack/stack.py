@@ -18,7 +18,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aioboto3
 import asyncpg
-import pgserver
 import skimage
 import structlog
 from moto.server import ThreadedMotoServer
@@ -99,6 +98,9 @@ def postgres_server() -> Iterator[str]:
         if asyncio.run(database_answers(url)):
             yield url
             return
+    # Imported only when needed: importing pgserver warns where XDG_RUNTIME_DIR is unset.
+    import pgserver
+
     with tempfile.TemporaryDirectory(prefix="image-worker-pg-") as data_dir:
         log.info("no PostgreSQL answers; starting an embedded one", pgdata=data_dir)
         server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
