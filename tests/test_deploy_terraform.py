@@ -657,9 +657,12 @@ def test_no_inbound_from_the_internet_metrics_only_from_the_vpc(module: Module) 
 # ---------------------------------------------------------------------------------------------
 # The producer's policy: exactly what api_client and image-jobs call
 # ---------------------------------------------------------------------------------------------
-# Calls the producer package makes through an SQS or S3 client: `<...>sqs.<method>(` and
-# `<...>s3.<method>(` in api_client/*.py.
-PRODUCER_CALL = re.compile(r"\b(sqs|s3)\.([a-z][a-z0-9_]*)\(")
+# Calls the producer package makes through an SQS or S3 client: `sqs.<method>(`,
+# `self.s3.<method>(`, `require_s3().<method>(` in api_client/*.py and in the shared modules it
+# imports (`from jobcore.<module> import`, once that package exists).
+PRODUCER_CALL = re.compile(r"\b(?:[a-z]+_)?(sqs|s3)(?:\(\))?\.([a-z][a-z0-9_]*)\(")
+# Client methods that are not AWS operations (no IAM action).
+CLIENT_HELPERS = {"close", "get_paginator", "get_waiter", "can_paginate", "generate_presigned_url"}
 # The health check of issue 13 (`check_health()`: GetQueueUrl, GetQueueAttributes, HeadBucket)
 # is granted ahead of the code; once it lands, the scan finds these calls itself.
 PRODUCER_HEALTH_CHECK_CALLS = {("sqs", "get_queue_url"), ("sqs", "get_queue_attributes"),
@@ -669,12 +672,33 @@ S3_IAM_ACTION = {"HeadObject": "s3:GetObject", "HeadBucket": "s3:ListBucket",
                  "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket"}  # fmt: skip
 
 
+def producer_sources() -> list[Path]:
+    sources = sorted((REPO / "api_client").glob("*.py"))
+    shared = {
+        m for p in sources for m in re.findall(r"^from jobcore\.(\w+) import", p.read_text(), re.M)
+    }
+    return sources + [REPO / "jobcore" / f"{m}.py" for m in sorted(shared)]
+
+
 def producer_calls() -> set[tuple[str, str]]:
     calls: set[tuple[str, str]] = set()
-    for path in sorted((REPO / "api_client").glob("*.py")):
+    for path in producer_sources():
         calls.update(PRODUCER_CALL.findall(path.read_text()))
+    calls = {(service, method) for service, method in calls if method not in CLIENT_HELPERS}
     assert ("sqs", "send_message") in calls, calls
     return calls
+
+
+def test_producer_call_pattern() -> None:
+    found = PRODUCER_CALL.findall(
+        "await self.sqs.send_message(QueueUrl=u)\n"
+        "call=lambda entries: client.sqs.send_message_batch(\n"
+        "await client.require_s3().head_object(Bucket=b, Key=k)\n"
+        "await s3.head_bucket(Bucket=b)\n"
+        "self.s3_prefix.startswith(x)\n"
+    )
+    assert found == [("sqs", "send_message"), ("sqs", "send_message_batch"),
+                     ("s3", "head_object"), ("s3", "head_bucket")]  # fmt: skip
 
 
 def producer_iam_action(service: str, method: str) -> str:
