@@ -738,6 +738,10 @@ def run(args: argparse.Namespace) -> Iterator[str]:
         ("after: min healthy {a:g} %, no protection, max_instances = max_tasks",
          after.min_healthy_percent, after.max_tasks, False),
     ]  # fmt: skip
+    if args.compute == "cpu":
+        # Fargate has no instance group: nothing caps how many tasks a rollout may place.
+        cases = [(label.replace("max_instances = max_tasks", "Fargate"), minimum, 10**6, renewed)
+                 for label, minimum, _, renewed in cases if "2 x" not in label]  # fmt: skip
     for label, minimum, instances, renewed in cases:
         r = simulate_rollout(
             tasks=after.max_tasks, instances=instances, min_healthy_percent=minimum,
