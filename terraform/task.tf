@@ -110,6 +110,10 @@ resource "aws_ecs_task_definition" "worker" {
       error_message = "stop_timeout_seconds must be greater than drain_seconds: ECS sends SIGKILL after stopTimeout, and the worker needs the drain budget plus time to close."
     }
     precondition {
+      condition     = var.database_secret_format == "url" || var.database_url_secret_arn != null
+      error_message = "database_secret_format = \"rds_json\" needs database_url_secret_arn: the RDS-managed secret (the module creates only URL secrets)."
+    }
+    precondition {
       condition     = var.heartbeat_interval_seconds < var.visibility_timeout_seconds
       error_message = "heartbeat_interval_seconds must be shorter than visibility_timeout_seconds."
     }

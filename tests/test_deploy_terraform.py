@@ -434,6 +434,12 @@ def test_database_secret_is_a_url_or_an_rds_managed_json_secret(module: Module) 
     assert '"postgresql://"' in environment, "the settings need a postgresql:// URL"
     assert "password" not in environment.lower()
     assert module.variables["database_secret_format"]["default"] == "url"
+    task = module.resource("aws_ecs_task_definition", "worker")
+    conditions = [p["condition"] for p in blocks(block(task, "lifecycle"), "precondition")]
+    assert (
+        '${var.database_secret_format == "url" || var.database_url_secret_arn != null}'
+        in conditions
+    )
     assert "local.database_environment" in locals_["worker_environment"]
     # The CKV2_AWS_57 skip now says the truth: URL secrets cannot be rotated by Secrets Manager.
     assert "rds_json" in (TERRAFORM / "secrets.tf").read_text().split("CKV2_AWS_57:")[1][:400]
