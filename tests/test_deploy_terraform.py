@@ -832,6 +832,10 @@ def test_checkov_finds_no_failed_checks(checkov_report: dict[str, Any]) -> None:
         for c in checkov_report["results"]["failed_checks"]
     ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    # Both examples are scanned: the GPU module call and the CPU (Fargate) one.
+    passed = {c["resource"] for c in checkov_report["results"]["passed_checks"]}
+    for call in ("module.image_worker.", "module.image_worker_cpu."):
+        assert any(r.startswith(call + "aws_ecs_task_definition.worker") for r in passed), call
     assert summary["parsing_errors"] == 0
     assert summary["resource_count"] >= 30, summary
     assert summary["passed"] >= 100, summary
