@@ -271,6 +271,8 @@ def endpoint() -> Iterator[str]:
 
 
 CPU_VARS = {**TEMPLATE_VARS, "COMPUTE": "cpu"}
+# moto's container instances register 7482 MiB whatever the type: a GPU task that fits.
+GPU_VARS = {**TEMPLATE_VARS, "TASK_MEMORY": 4096}
 
 
 @dataclass
@@ -292,7 +294,17 @@ def make_service(endpoint: str, *, desired: int, compute: str) -> Service:
                                       VpcId=vpc)["GroupId"]  # fmt: skip
     cluster = f"cluster-{os.urandom(3).hex()}"
     ecs.create_cluster(clusterName=cluster)
-    values = CPU_VARS if compute == "cpu" else TEMPLATE_VARS
+    if compute == "gpu":  # one container instance for EC2 placement (moto registers 7482 MiB)
+        instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+                                     InstanceType="g4dn.xlarge", SubnetId=subnet)  # fmt: skip
+        instance_id = instance["Instances"][0]["InstanceId"]
+        # moto's own identity-document helper fails on its InstancePlacement: write it here.
+        document = {"instanceId": instance_id, "region": "us-east-1",
+                    "availabilityZone": "us-east-1a", "instanceType": "g4dn.xlarge"}  # fmt: skip
+        ecs.register_container_instance(
+            cluster=cluster, instanceIdentityDocument=json.dumps(document)
+        )
+    values = CPU_VARS if compute == "cpu" else GPU_VARS
     template = REPO / ("deploy/ecs/task-definition-cpu.json" if compute == "cpu"
                        else "deploy/ecs/task-definition.json")  # fmt: skip
     first = ecs.register_task_definition(**render("first", values, template=template))
@@ -355,7 +367,7 @@ def run_deploy(
 def vars_file(tmp_path: Path) -> Path:
     path = tmp_path / "vars.json"
     # The shape of `terraform output -json` (all outputs) is accepted as well as the bare map.
-    path.write_text(json.dumps({"task_template_vars": {"value": TEMPLATE_VARS, "type": "object"}}))
+    path.write_text(json.dumps({"task_template_vars": {"value": GPU_VARS, "type": "object"}}))
     return path
 
 
@@ -370,11 +382,9 @@ def test_deploy_registers_a_revision_and_points_the_service_at_it(
     endpoint: str, ecs_service: tuple[Any, str, str, str], vars_file: Path
 ) -> None:
     ecs, cluster, service, first = ecs_service
-    # moto cannot place EC2 tasks without container instances: the selfcheck run is shown on
-    # the Fargate service below.
     completed = run_deploy(
         endpoint, "--cluster", cluster, "--service", service, "--image-tag", "4d5e6f7",
-        "--delay", "1", "--max-attempts", "10", "--skip-selfcheck", vars_file=vars_file,
+        "--delay", "1", "--max-attempts", "10", vars_file=vars_file,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     outcome = json.loads(completed.stdout)
@@ -389,6 +399,11 @@ def test_deploy_registers_a_revision_and_points_the_service_at_it(
     worker = next(c for c in task["containerDefinitions"] if c["name"] == "worker")
     assert worker["image"].endswith(":4d5e6f7")
     assert worker["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    # The selfcheck ran that revision once on the EC2 capacity, like the service's tasks.
+    (check,) = selfcheck_tasks(Service(ecs, cluster, service, first))
+    assert check["taskDefinitionArn"] == new
+    assert check["launchType"] == "EC2"
+    assert check["containerInstanceArn"]
 
     # Rollback: point the service back at the first revision.
     completed = run_deploy(
