@@ -238,7 +238,7 @@ class Selfcheck:
 
 
 class RolloutFailed(DeployError):
-    """The new revision did not roll out; `restored` says whether the previous one is back."""
+    """The new revision did not roll out (the message says whether the previous one is back)."""
 
 
 def _ecs_client(region: str | None) -> Any:
