@@ -22,13 +22,13 @@ line per failing check."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobcore.queues import discover_dlq_url, queue_depth
 from worker.settings import Settings
 
 EXIT_FAILED = 3
@@ -144,24 +144,17 @@ async def check_database(settings: Settings) -> str:
 
 
 async def check_queue(sqs: Any, queue_url: str) -> str:
-    await sqs.get_queue_attributes(
-        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )
+    await queue_depth(sqs, queue_url)
     return queue_url.rsplit("/", 1)[-1]
 
 
 async def check_dlq(sqs: Any, queue_url: str) -> str:
-    response = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    policy = response.get("Attributes", {}).get("RedrivePolicy")
-    if not policy:
+    """The DLQ the depth gauge reads: found through the RedrivePolicy, then its depth."""
+    dlq_url = await discover_dlq_url(sqs, queue_url)
+    if dlq_url is None:
         raise LookupError("the queue has no RedrivePolicy: failed messages have no DLQ")
-    arn = str(json.loads(policy)["deadLetterTargetArn"])
-    account, name = arn.split(":")[4], arn.split(":")[5]
-    found = await sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
-    await sqs.get_queue_attributes(
-        QueueUrl=found["QueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
-    )
-    return name
+    await queue_depth(sqs, dlq_url)
+    return dlq_url.rsplit("/", 1)[-1]
 
 
 async def check_source(s3: Any, bucket: str, prefix: str) -> str:
