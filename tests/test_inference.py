@@ -95,7 +95,11 @@ def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: Mod
         np.asarray(runner.mask_from_output(solo, image.size)),
         np.asarray(runner.mask_from_output(overlap, image.size)),
     )
-    before = runner.overlapped_runs
+    overlapped = "image_worker_overlapped_model_runs_total"
+    before = runner.metrics.registry.get_sample_value(overlapped)
+    assert before is not None
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(runner.run, [model_input] * 6))
-    assert runner.overlapped_runs > before
+    after = runner.metrics.registry.get_sample_value(overlapped)
+    assert after is not None
+    assert after > before

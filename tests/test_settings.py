@@ -18,6 +18,7 @@ def test_defaults_are_sane() -> None:
     assert settings.heartbeat_interval_seconds < settings.visibility_timeout_seconds
     assert settings.drain_seconds < 120  # below the ECS stopTimeout ceiling
     assert settings.db_pool_size > settings.concurrency
+    assert settings.model_run_max_seconds > settings.job_timeout_seconds
 
 
 @pytest.mark.parametrize(
@@ -45,6 +46,9 @@ def test_defaults_are_sane() -> None:
         ("METRICS_PORT", "70000", "METRICS_PORT=70000 is out of range"),
         ("MAX_IMAGE_PIXELS", "-5", "MAX_IMAGE_PIXELS=-5 is out of range"),
         ("AWS_ENDPOINT_URL", "localhost:5000", "AWS_ENDPOINT_URL must start with"),
+        ("JOB_TIMEOUT_SECONDS", "0", "JOB_TIMEOUT_SECONDS=0 is out of range"),
+        ("JOB_TIMEOUT_SECONDS", "soon", "JOB_TIMEOUT_SECONDS='soon' is not a number"),
+        ("MODEL_RUN_MAX_SECONDS", "200", "must be longer than JOB_TIMEOUT_SECONDS=300"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str, expected: str) -> None:

@@ -20,6 +20,8 @@ from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
+from worker.supervisor import Supervisor
+from worker.watchdog import StuckRunCheck
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +48,7 @@ class WorkerApp:
         self.ready = asyncio.Event()
         self.port: int | None = None
         self.provider: str | None = None
+        self.model: ModelRunner | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -80,17 +83,29 @@ class WorkerApp:
                 ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
             model = await asyncio.get_running_loop().run_in_executor(
-                cpu_pool, ModelRunner.load, settings
+                cpu_pool, ModelRunner.load, settings, self.metrics
             )
             stack.callback(model.close)
+            self.model = model
             self.provider = model.provider
             self.metrics.model_load_seconds.set(model.load_seconds)
             self.metrics.model_info.info({"model": model.model_name, "provider": model.provider})
             self.health.model_loaded = True
+            stuck_runs = StuckRunCheck(
+                model.executor,
+                settings.job_timeout_seconds,
+                settings.model_run_max_seconds,
+                capacity=1 if model.batcher is not None else settings.inference_threads,
+            )
+            self.metrics.stuck_model_runs.set_function(stuck_runs.stuck)
+            self.health.checks.append(stuck_runs.problem)
 
-            background = [QueueStatsPoller(settings, sqs, pool, self.metrics).run()]
+            # Entered after the clients and the model it uses, so its loops stop before they close.
+            supervisor = await stack.enter_async_context(Supervisor(self.metrics))
+            self.health.checks.append(supervisor.problem)
+            supervisor.start("queue_stats", QueueStatsPoller(settings, sqs, pool, self.metrics).run)
             if model.batcher is not None:
-                background.append(model.batcher.run())
+                supervisor.start("micro_batcher", model.batcher.run)
 
             processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
             consumer = Consumer(
@@ -99,15 +114,10 @@ class WorkerApp:
                 store,
                 processor,
                 self.metrics,
+                supervisor,
                 on_poll=self.health.polled,
             )
             self.ready.set()
             log.info("worker ready", metrics_port=self.port, provider=model.provider)
-            tasks = [asyncio.create_task(coroutine) for coroutine in background]
-            try:
-                await consumer.run(self.stop_requested)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await consumer.run(self.stop_requested)
         log.info("worker stopped")

@@ -1,6 +1,7 @@
 """The SQS consumer: long-polls for as many messages as it has free slots, runs each through the
-pipeline as its own task, keeps in-flight messages invisible with a batched heartbeat, batches
-deletes, and on stop drains within a budget and hands unfinished messages straight back."""
+pipeline as its own task within JOB_TIMEOUT_SECONDS of its receipt, keeps in-flight messages
+invisible with a batched heartbeat, batches deletes (both loops supervised), and on stop drains
+within a budget and hands unfinished messages straight back."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
 from worker.settings import Settings
+from worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 RECEIVE_BACKOFF_MAX_SECONDS = 30.0
+DELETE_FLUSH_SECONDS = 30.0  # at stop, the most we wait for queued deletes to be sent
 
 
 @dataclass(eq=False, slots=True)
@@ -42,6 +45,7 @@ class InFlight:
     job_id: uuid.UUID | None = None
     task: asyncio.Task[None] | None = None
     settled: bool = False  # deleted or handed back: no more heartbeats
+    # JOB_TIMEOUT_SECONDS counts from here (time.monotonic()).
     received_at: float = field(default_factory=time.monotonic)
 
 
@@ -53,6 +57,7 @@ class Consumer:
         store: JobStore,
         processor: JobProcessor,
         metrics: WorkerMetrics,
+        supervisor: Supervisor,
         on_poll: Callable[[bool], None] = lambda ok: None,
         on_busy: Callable[[bool], None] = lambda busy: None,
     ) -> None:
@@ -61,6 +66,7 @@ class Consumer:
         self.store = store
         self.processor = processor
         self.metrics = metrics
+        self.supervisor = supervisor
         self.on_poll = on_poll
         self.on_busy = on_busy
         self.in_flight: dict[str, InFlight] = {}
@@ -73,16 +79,18 @@ class Consumer:
         return self.settings.concurrency - len(self.in_flight)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as helpers:
-            heartbeat = helpers.create_task(self._heartbeat_loop(), name="heartbeat")
-            deleter = helpers.create_task(self._delete_loop(), name="deleter")
+        heartbeat = self.supervisor.start("visibility_heartbeat", self._heartbeat_loop)
+        deleter = self.supervisor.start("delete_batcher", self._delete_loop)
+        try:
+            await self._receive_loop(stop)
+        finally:
+            await self._drain()
+            await heartbeat.stop()
             try:
-                await self._receive_loop(stop)
-            finally:
-                await self._drain()
-                heartbeat.cancel()
-                await self._delete_queue.join()
-                deleter.cancel()
+                await asyncio.wait_for(self._delete_queue.join(), DELETE_FLUSH_SECONDS)
+            except TimeoutError:  # the messages return; their rows are finished, so dropped then
+                log.warning("queued deletes not sent in time", count=self._delete_queue.qsize())
+            await deleter.stop()
 
     async def _receive_loop(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -158,8 +166,11 @@ class Consumer:
                     self.metrics.malformed_messages.inc()
                     self._delete(entry)
                     return
+                deadline = entry.received_at + self.settings.job_timeout_seconds
                 with structlog.contextvars.bound_contextvars(job_id=str(entry.job_id)):
-                    outcome = await self.processor.process(entry.job_id, receive_count, sent_at)
+                    outcome = await self.processor.process(
+                        entry.job_id, receive_count, sent_at, deadline
+                    )
                     await self._settle(entry, outcome)
             except asyncio.CancelledError:
                 await asyncio.shield(self._return_now(entry))

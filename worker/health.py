@@ -1,5 +1,6 @@
-"""The metrics and health server: /metrics, /healthz (the loop is alive), /readyz (model loaded,
-database reachable, queue reachable)."""
+"""The metrics and health server: /metrics, /healthz (the consumer loop is alive, no background
+loop keeps dying, no stuck model runs pile up), /readyz (model loaded, database reachable, queue
+reachable)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class HealthState:
     sqs_ok: bool = True
     model_loaded: bool = False
     database_ping: Callable[[], Awaitable[None]] | None = None
+    # Each returns why the worker should be replaced, or None (supervisor, stuck model runs).
+    checks: list[Callable[[], str | None]] = field(default_factory=list)
 
     def polled(self, ok: bool) -> None:
         self.last_poll = time.monotonic()
@@ -33,6 +36,9 @@ class HealthState:
         age = time.monotonic() - self.last_poll
         if age > self.stale_after:
             return False, f"consumer loop silent for {age:.0f}s"
+        problems = [problem for check in self.checks if (problem := check()) is not None]
+        if problems:
+            return False, "; ".join(problems)
         return True, f"last poll {age:.1f}s ago"
 
     async def ready(self) -> tuple[bool, dict[str, str]]:

@@ -8,7 +8,6 @@ import asyncio
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ import structlog
 from PIL import Image
 
 from worker.batching import MicroBatcher, with_symbolic_batch
+from worker.metrics import WorkerMetrics
 from worker.settings import Settings
+from worker.watchdog import TimedThreadPool
 from worker.weights import ModelUnavailable, verify_model
 
 log = structlog.get_logger(__name__)
@@ -84,20 +85,27 @@ def session_options(settings: Settings, intra_op_threads: int) -> ort.SessionOpt
 
 
 class ModelRunner:
-    def __init__(self, session: Any, provider: str, model_name: str, threads: int) -> None:
+    def __init__(
+        self,
+        session: Any,
+        provider: str,
+        model_name: str,
+        threads: int,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.session = session
         self.provider = provider
         self.model_name = model_name
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self.metrics = metrics or WorkerMetrics()
+        self.executor = TimedThreadPool(max_workers=threads, thread_name_prefix="inference")
         self.load_seconds = 0.0
         self.batcher: MicroBatcher | None = None
         self.overlap_session: Any = None
         self._running = 0
         self._running_lock = threading.Lock()
-        self.overlapped_runs = 0
 
     @classmethod
-    def load(cls, settings: Settings) -> ModelRunner:
+    def load(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> ModelRunner:
         """Blocking: verify the weights, build the session, run a warm-up inference."""
         started = time.perf_counter()
         model_file = verify_model(settings.model_home, settings.model_name)
@@ -117,7 +125,7 @@ class ModelRunner:
                 f"REQUIRE_GPU=true but ONNX Runtime runs on {provider} (requested "
                 f"{', '.join(choice.names)}): CUDA or cuDNN libraries are missing or mismatched"
             )
-        runner = cls(session, provider, settings.model_name, settings.inference_threads)
+        runner = cls(session, provider, settings.model_name, settings.inference_threads, metrics)
         if provider == CPU and settings.inference_threads > 1 and runner.split:
             # A lone job gets every core (latency); overlapping runs get one thread each, which
             # beats two runs fighting over all cores (throughput). Same weights, same results.
@@ -154,7 +162,11 @@ class ModelRunner:
         model = with_symbolic_batch(model_file)
         session = ort.InferenceSession(model, sess_options=options, providers=choice.requested)
         self.batcher = MicroBatcher(
-            session, self.executor, settings.batch_size, settings.batch_wait_seconds
+            session,
+            self.executor,
+            settings.batch_size,
+            settings.batch_wait_seconds,
+            self.metrics.batch_size,
         )
 
     @property
@@ -180,7 +192,8 @@ class ModelRunner:
         with self._running_lock:
             overlapping = self._running > 0 and self.overlap_session is not None
             self._running += 1
-            self.overlapped_runs += overlapping
+        if overlapping:
+            self.metrics.overlapped_runs.inc()
         session = self.overlap_session if overlapping else self.session.inner_session
         try:
             output: np.ndarray = session.run(None, model_input)[0]

@@ -22,6 +22,7 @@ from prometheus_client import (
 # a huge photo behind a backlog).
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # BATCH_SIZE is at most 64
 STAGES = (
     "claim", "download", "decode", "preprocess", "inference", "encode", "upload", "complete"
 )  # fmt: skip
@@ -138,8 +139,44 @@ class WorkerMetrics:
             "Age of the oldest pending job row (fleet-wide: aggregate with max).",
             registry=r,
         )
+        self.batch_size = Histogram(
+            "image_worker_inference_batch_size",
+            "Images per model run of the micro-batcher (BATCH_SIZE > 1).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.overlapped_runs = Counter(
+            "image_worker_overlapped_model_runs",
+            "CPU model runs that started while another was running (one intra-op thread each).",
+            registry=r,
+        )
+        self.job_timeouts = Counter(
+            "image_worker_job_timeouts",
+            "Jobs given up after JOB_TIMEOUT_SECONDS, by the stage they were in.",
+            ["stage"],
+            registry=r,
+        )
+        self.stuck_model_runs = Gauge(
+            "image_worker_stuck_model_runs",
+            "Model runs still running past JOB_TIMEOUT_SECONDS (a thread inside ONNX Runtime"
+            " cannot be stopped; their jobs were given up).",
+            registry=r,
+        )
+        self.loop_restarts = Counter(
+            "image_worker_background_loop_restarts",
+            "Background loops restarted by the supervisor after a crash, by loop.",
+            ["loop"],
+            registry=r,
+        )
+        self.loop_up = Gauge(
+            "image_worker_background_loop_up",
+            "1 while a supervised background loop runs, 0 while it waits to be restarted.",
+            ["loop"],
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+            self.job_timeouts.labels(stage)
         for outcome in ("completed", "failed", "retried", "skipped"):
             self.jobs.labels(outcome)
         for dependency in ("database", "sqs", "s3"):

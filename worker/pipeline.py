@@ -46,7 +46,11 @@ class Action(enum.Enum):
 class Outcome:
     action: Action
     delay: int = 0
-    label: str = ""
+
+
+@dataclass(slots=True)
+class _Progress:
+    stage: str = "claim"
 
 
 class JobProcessor:
@@ -67,8 +71,9 @@ class JobProcessor:
         self.metrics = metrics
 
     async def process(
-        self, job_id: uuid.UUID, receive_count: int, sent_at: float | None
+        self, job_id: uuid.UUID, receive_count: int, sent_at: float | None, deadline: float
     ) -> Outcome:
+        """`deadline` (time.monotonic()) is when JOB_TIMEOUT_SECONDS runs out for this attempt."""
         if receive_count > self.settings.max_attempts:
             # Delivered again after its last allowed attempt: that attempt never reported back
             # (the worker died, e.g. out of memory). Fail the row instead of trying once more.
@@ -80,7 +85,7 @@ class JobProcessor:
                 if await self.store.fail_unclaimed(job_id, reason):
                     log.warning("job failed: attempts exhausted", reason=reason)
                     self.metrics.jobs.labels("failed").inc()
-                    return Outcome(Action.LEAVE, label="exhausted")
+                    return Outcome(Action.LEAVE)
             except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
                 return self._retry_unclaimed(classify(exc, stage="claim"), receive_count)
         try:
@@ -97,34 +102,42 @@ class JobProcessor:
 
         if claim.outcome is ClaimOutcome.NOT_FOUND:
             if receive_count < 2:
-                return Outcome(Action.RETRY, UNKNOWN_JOB_RECHECK_SECONDS, "unknown_recheck")
+                return Outcome(Action.RETRY, UNKNOWN_JOB_RECHECK_SECONDS)
             log.warning("unknown job: message dropped", receive_count=receive_count)
             self.metrics.failures.labels("permanent", "unknown_job").inc()
-            return Outcome(Action.DELETE, label="unknown_job")
+            return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.FINISHED:
             assert claim.job is not None
             log.info("job already finished: message dropped", status=claim.job.status.value)
             self.metrics.jobs.labels("skipped").inc()
-            return Outcome(Action.DELETE, label="skipped")
+            return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.BUSY:
             # Another live worker holds it; look again once its lease could have run out.
             log.info("job held by another worker", claimed_by=claim.job and claim.job.claimed_by)
-            return Outcome(Action.RETRY, self.settings.visibility_timeout_seconds, "busy")
+            return Outcome(Action.RETRY, self.settings.visibility_timeout_seconds)
 
         assert claim.job is not None
-        return await self._run_claimed(claim.job, receive_count, sent_at)
+        return await self._run_claimed(claim.job, receive_count, sent_at, deadline)
 
-    async def _run_claimed(self, job: Job, receive_count: int, sent_at: float | None) -> Outcome:
+    async def _run_claimed(
+        self, job: Job, receive_count: int, sent_at: float | None, deadline: float
+    ) -> Outcome:
         started = time.perf_counter()
+        progress = _Progress()
+        limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
         try:
-            result_bucket, result_key = await self._stages(job)
+            async with limit:
+                result_bucket, result_key = await self._stages(job, progress)
         except asyncio.CancelledError:
             await asyncio.shield(self._release_quietly(job, "worker stopped before finishing"))
             raise
         except Exception as exc:
-            failure = classify(exc, stage="pipeline")
-            if not isinstance(exc, JobFailed):
-                log.exception("unexpected pipeline error")
+            if limit.expired():
+                failure = self._timed_out(progress.stage)
+            else:
+                failure = classify(exc, stage="pipeline")
+                if not isinstance(exc, JobFailed):
+                    log.exception("unexpected pipeline error")
             return await self._record_failure(job, failure, receive_count)
 
         try:
@@ -135,43 +148,63 @@ class JobProcessor:
             return self._retry_claimed(classify(exc, stage="complete"), receive_count)
         if not recorded:
             log.warning("lost the claim before completing: another worker owns the job")
-            return Outcome(Action.DELETE, label="lost_claim")
+            return Outcome(Action.DELETE)
         self.metrics.jobs.labels("completed").inc()
         self.metrics.job_seconds.observe(time.perf_counter() - started)
         if sent_at is not None:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - sent_at))
         log.info("job completed", result=f"s3://{result_bucket}/{result_key}")
-        return Outcome(Action.DELETE, label="completed")
+        return Outcome(Action.DELETE)
 
-    async def _stages(self, job: Job) -> tuple[str, str]:
+    async def _stages(self, job: Job, progress: _Progress) -> tuple[str, str]:
         settings = self.settings
         loop = asyncio.get_running_loop()
-        with self.metrics.time_stage("download"), self._tracking("s3"):
+        with self._stage(progress, "download"), self._tracking("s3"):
             data = await s3_objects.download(
                 self.s3, job.source_bucket, job.source_key, max_bytes=settings.max_image_bytes
             )
         self.metrics.bytes_processed.labels("in").inc(len(data))
-        with self.metrics.time_stage("decode"):
+        with self._stage(progress, "decode"):
             decoded = await loop.run_in_executor(
                 self.cpu_pool,
                 lambda: imaging.decode(
                     data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
                 ),
             )
-        with self.metrics.time_stage("preprocess"):
+        log.debug("decoded", source_format=decoded.source_format, size=decoded.rgb.size)
+        with self._stage(progress, "preprocess"):
             model_input = await loop.run_in_executor(self.cpu_pool, self.model.prepare, decoded.rgb)
-        with self.metrics.time_stage("inference"):
+        with self._stage(progress, "inference"):
             output, model_seconds = await self.model.infer(model_input)
         del model_input
         self.metrics.inference_seconds.observe(model_seconds)
-        with self.metrics.time_stage("encode"):
+        with self._stage(progress, "encode"):
             png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
         result_bucket = settings.result_bucket or job.source_bucket
         result_key = f"{settings.result_prefix}{job.id}.png"
-        with self.metrics.time_stage("upload"), self._tracking("s3"):
+        with self._stage(progress, "upload"), self._tracking("s3"):
             await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
+
+    @contextmanager
+    def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
+        progress.stage = stage
+        with self.metrics.time_stage(stage):
+            yield
+
+    def _timed_out(self, stage: str) -> Failure:
+        self.metrics.job_timeouts.labels(stage).inc()
+        limit = self.settings.job_timeout_seconds
+        if stage == "inference":
+            # Only the wait is given up: a run inside ONNX Runtime keeps its thread until it
+            # returns (the watchdog fails /healthz if such runs pile up).
+            log.warning("job timed out in the model run; the run keeps its thread", limit=limit)
+        return Failure(
+            FailureKind.TRANSIENT,
+            "job_timeout",
+            f"{stage}: timed out, the job took longer than JOB_TIMEOUT_SECONDS={limit:g}",
+        )
 
     def _encode_cut_out(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
         """CPU stage: the mask from the model's output, the cut-out, and its PNG."""
@@ -198,13 +231,13 @@ class JobProcessor:
                 await self.store.fail(job.id, failure.reason)
                 log.warning("job failed", reason=failure.reason, code=failure.code)
                 self.metrics.jobs.labels("failed").inc()
-                return Outcome(Action.DELETE, label="failed")
+                return Outcome(Action.DELETE)
             if exhausted:
                 reason = f"gave up after {receive_count} attempts: {failure.reason}"
                 await self.store.fail(job.id, reason)
                 log.warning("job failed: attempts exhausted", reason=reason)
                 self.metrics.jobs.labels("failed").inc()
-                return Outcome(Action.LEAVE, label="exhausted")
+                return Outcome(Action.LEAVE)
             await self.store.release(job.id, failure.reason)
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             log.warning("could not record the failure; the message will return", error=str(exc))
@@ -214,7 +247,7 @@ class JobProcessor:
         delay = self.backoff(receive_count)
         log.warning("job will be retried", reason=failure.reason, code=failure.code, delay=delay)
         self.metrics.jobs.labels("retried").inc()
-        return Outcome(Action.RETRY, delay, "retried")
+        return Outcome(Action.RETRY, delay)
 
     def _retry_unclaimed(self, failure: Failure, receive_count: int) -> Outcome:
         self.metrics.failures.labels(FailureKind.TRANSIENT.value, failure.code).inc()

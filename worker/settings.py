@@ -53,6 +53,8 @@ class Settings:
     backoff_base_seconds: float
     backoff_max_seconds: float
     drain_seconds: float
+    job_timeout_seconds: float
+    model_run_max_seconds: float
     metrics_host: str
     metrics_port: int
     health_stale_seconds: float
@@ -71,6 +73,13 @@ class Settings:
             reader.problems.append(
                 f"HEARTBEAT_INTERVAL_SECONDS={heartbeat:g} must be shorter than "
                 f"VISIBILITY_TIMEOUT_SECONDS={visibility}"
+            )
+        job_timeout = reader.number("JOB_TIMEOUT_SECONDS", 300.0, low=1.0, high=43200)
+        model_run_max = reader.number("MODEL_RUN_MAX_SECONDS", 3 * job_timeout, low=1.0)
+        if model_run_max <= job_timeout:
+            reader.problems.append(
+                f"MODEL_RUN_MAX_SECONDS={model_run_max:g} must be longer than "
+                f"JOB_TIMEOUT_SECONDS={job_timeout:g}"
             )
         settings = cls(
             database_url=reader.required("DATABASE_URL", prefix=("postgres://", "postgresql://")),
@@ -101,6 +110,8 @@ class Settings:
             backoff_base_seconds=reader.number("BACKOFF_BASE_SECONDS", 2.0, low=0.0),
             backoff_max_seconds=reader.number("BACKOFF_MAX_SECONDS", 300.0, low=0.0, high=43200),
             drain_seconds=reader.number("DRAIN_SECONDS", 90.0, low=0.0, high=3600),
+            job_timeout_seconds=job_timeout,
+            model_run_max_seconds=model_run_max,
             metrics_host=reader.text("METRICS_HOST", "0.0.0.0"),  # noqa: S104 - scraped in-VPC
             metrics_port=reader.integer("METRICS_PORT", 9100, low=0, high=65535),
             health_stale_seconds=reader.number("HEALTH_STALE_SECONDS", 90.0, low=1.0),
