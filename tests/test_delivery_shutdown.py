@@ -163,7 +163,11 @@ async def test_second_signal_exits_at_once(
     await slow_jobs(producer, aws, 1)
     await eventually(worker.in_flight, timeout=30, interval=0.05)
     worker.process.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.2)  # the first signal must be handled before the second one
+
+    async def first_signal_handled() -> bool:  # else both could land before the handler runs
+        return "stop requested: draining" in worker.log.read_text()
+
+    await eventually(first_signal_handled, timeout=30, interval=0.05)
     worker.process.send_signal(signal.SIGINT)
     assert await worker.wait_exit(10) == 1
     assert "second signal: exiting now" in worker.log.read_text()
