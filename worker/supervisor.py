@@ -1,5 +1,5 @@
-"""Supervision for the worker's background loops (queue stats, micro-batcher, task protection,
-visibility heartbeat, delete batcher). A loop that crashes, or returns when it should run forever,
+"""Supervision for the worker's background loops (queue stats, micro-batcher, visibility
+heartbeat, delete batcher). A loop that crashes, or returns when it should run forever,
 is logged with its traceback and restarted after an exponential backoff; one that keeps dying
 (`unhealthy_after` crashes in a row, none of them after a stable run) fails /healthz, so ECS
 replaces the task instead of leaving it half-working."""
