@@ -391,7 +391,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         failed = await prometheus.value('image_worker_jobs_total{outcome="failed"}')
         queue = await prometheus.query('image_worker_queue_messages{queue="dlq"}')
         pending = await prometheus.value('image_worker_open_jobs{status="pending"}')
-        return completed == 3 and failed == 2 and bool(queue) and pending == 0
+        # Series born at the first failure need two samples before rate() over them has data.
+        failure_rates = await prometheus.query("rate(image_worker_job_failures_total[1m])")
+        seen = completed == 3 and failed == 2 and bool(queue) and pending == 0
+        return seen and bool(failure_rates)
 
     await eventually(seen_everything, timeout=30, interval=0.25)
 
