@@ -242,7 +242,8 @@ async def sweep(client: JobQueue, settings: SweepSettings | None = None) -> Swee
         client.pool, timedelta(seconds=settings.pending_after_seconds)
     )
     report.duration_seconds = time.monotonic() - started
-    log.info(
+    acted = report.queue_failed_sent or report.pending_resent or report.send_failures
+    (log.info if acted else log.debug)(
         "recovery sweep",
         queue_failed_sent=len(report.queue_failed_sent),
         pending_resent=len(report.pending_resent),
