@@ -111,10 +111,10 @@ def test_the_task_runs_image_jobs_sweep_with_the_cpu_image_and_the_database_secr
 
 
 def producer_setting_names() -> set[str]:
+    read = re.compile(r'(?:env\.get\(|_positive\(\s*env,\s*|_number\(\s*env,\s*)"(\w+)"')
     names: set[str] = set()
     for path in (REPO / "api_client" / "settings.py", REPO / "api_client" / "recovery.py"):
-        names |= set(re.findall(r"""(?:env\.get\(|_positive\(env, |_number\(env, )"(\w+)""",
-                                path.read_text()))  # fmt: skip
+        names |= set(read.findall(path.read_text()))
     return names
 
 
