@@ -23,7 +23,7 @@ import pytest
 
 from api_client.client import ClientSettings, JobClient
 from api_client.errors import ClientConfigError
-from api_client.recovery import EMF_NAMESPACE, SweepSettings
+from api_client.recovery import EMF_NAMESPACE, SweepReport, SweepSettings, sweep_forever
 from jobcore.jobs import JobStatus, decode_message
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
@@ -372,3 +372,39 @@ async def test_worker_gauges_report_unsent_rows(
     queue_failed_age, pending_idle = await eventually(gauges, timeout=30)
     assert 7200 <= queue_failed_age < 7300  # since creation, not since the last failed send
     assert 3600 <= pending_idle < 3700  # since the last touch, not since creation
+
+
+async def test_the_loop_outlives_a_database_outage(
+    database_url: str, aws: Aws, db: asyncpg.Pool
+) -> None:
+    """A pass that cannot reach PostgreSQL is logged and the next pass runs on time."""
+    url = urlsplit(database_url)
+    assert url.hostname is not None
+    assert url.port is not None
+    async with FaultProxy(url.hostname, url.port) as proxy:
+        through_proxy = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+        settings = SweepSettings(grace_seconds=1, pending_after_seconds=60, interval_seconds=0.2)
+        passes: list[int] = []
+        stop = asyncio.Event()
+        async with JobClient.connect(client_settings(through_proxy, aws)) as sweeper:
+            proxy.cut()
+            loop = asyncio.create_task(
+                sweep_forever(sweeper, settings, stop, on_pass=lambda r: passes.append(sent(r)))
+            )
+            await eventually(lambda: _async(proxy.connections_refused >= 2), timeout=30)
+            assert passes == []  # every pass so far failed, none crashed the loop
+            assert not loop.done()
+            unsent = await insert_row(db, "queue_failed", idle=timedelta(minutes=5))
+            proxy.resume()
+            await eventually(lambda: _async(sum(passes) == 1), timeout=30)
+            stop.set()
+            await asyncio.wait_for(loop, timeout=30)
+    assert await drain(aws) == [unsent]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+def sent(report: SweepReport) -> int:
+    return len(report.queue_failed_sent)
