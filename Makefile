@@ -52,5 +52,11 @@ typecheck: $(BIN)/image-worker
 bench: install
 	$(BIN)/python bench/throughput.py
 
+## Autoscaling simulator: the Terraform policy before/after, on GPU and CPU (under a minute).
+.PHONY: bench-scaling
+bench-scaling: $(BIN)/image-worker
+	$(BIN)/python bench/scaling.py --compute gpu
+	$(BIN)/python bench/scaling.py --compute cpu
+
 clean:
 	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

@@ -1,28 +1,39 @@
 # Service autoscaling on queue depth. Three policies on one scalable target (0..max_tasks):
 #
-# 1. Target tracking on BACKLOG PER TASK (metric math: visible messages / running tasks), held at
+# 1. Target tracking on BACKLOG PER TASK: (visible + in-flight messages) / DESIRED tasks, held at
 #    local.backlog_per_task_target = acceptable_wait_seconds / seconds_per_image. One task clears
 #    1/seconds_per_image images a second, so a backlog of B per task waits B * seconds_per_image
-#    seconds; holding B at the target keeps the wait at acceptable_wait_seconds. This policy
-#    moves the service between 1 and N tasks in both directions.
+#    seconds; holding B at the target keeps the wait at acceptable_wait_seconds. Target tracking
+#    sets desired = desired * metric / target = (visible + in_flight) / target: KEDA's
+#    aws-sqs-queue rule (replicas = ceil(messages / target), in-flight counted).
+#    Why DESIRED and not RUNNING tasks: a GPU cold start (instance launch, multi-GB image pull,
+#    model warm-up) lasts minutes, longer than the cooldown. Divided by running tasks, the backlog
+#    stays inflated while the asked-for tasks start, every evaluation asks for more, and desired
+#    climbs to max_tasks (overshoot). Divided by desired tasks, the metric drops the moment the
+#    tasks are asked for. In-flight messages count, so a busy service is not scaled in under its
+#    own work. bench/scaling.py replays both (make bench-scaling; docs/deploy.md has the table).
 #
-# 2. Step scaling FROM ZERO. With 0 running tasks the ratio is m1 / 0: CloudWatch metric math
-#    drops such data points, so the target-tracking alarms see no data (INSUFFICIENT_DATA) and
-#    never act - target tracking alone can never leave 0. A separate alarm watches "visible
-#    messages while the service wants no task" (IF(FILL(desired, 0) == 0, visible, 0); FILL
-#    because a missing count means none) and adds one task. DesiredTaskCount (not Running) turns
-#    the alarm off as soon as the task is asked for, so a slow instance launch does not add more.
-#    Once that task runs the ratio has a denominator and target tracking takes over; the alarm
-#    is zero whenever the service wants >= 1 task, so it never fights target tracking.
+# 2. Step scaling FROM ZERO. With 0 desired tasks the ratio divides by zero: CloudWatch metric
+#    math drops such data points, so target tracking has no data and never acts. A separate alarm
+#    watches "visible messages while the service wants no task" (IF(FILL(desired, 0) == 0,
+#    visible, 0); FILL because a missing count means none) and its step policy sets the service
+#    to ceil(visible / target) tasks at once (ExactCapacity steps of one target each, at most
+#    scale_from_zero_max_tasks): one cold start for a burst, not 0 -> 1 -> N. DesiredTaskCount
+#    turns the alarm off as soon as tasks are asked for; target tracking then takes over.
 #
 # 3. Step scaling TO ZERO. When the queue has had no visible and no in-flight message for
 #    scale_to_zero_after_minutes, the service is set to exactly 0 tasks (target tracking's own
 #    scale-in is proportional and gradual, and cannot be relied on to reach 0). In-flight messages
-#    count, so a busy task is never scaled away; the worker also sets ECS task scale-in
-#    protection while it holds messages. An empty queue that SQS stops reporting (inactive queue)
-#    is missing data, treated as empty.
+#    count, so a busy task is never scaled away. An empty queue that SQS stops reporting (inactive
+#    queue) is missing data, treated as empty.
 #
 # ECS managed scaling (capacity.tf) then follows the tasks: 0 tasks -> 0 GPU instances.
+
+locals {
+  # From zero: step k (0-based) covers [k * target, (k + 1) * target) visible messages and asks
+  # for k + 1 tasks; the last step is open-ended.
+  from_zero_steps = min(var.max_tasks, var.scale_from_zero_max_tasks)
+}
 
 resource "aws_appautoscaling_target" "service" {
   service_namespace  = "ecs"
@@ -65,14 +76,31 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
       }
 
       metrics {
-        id          = "running"
-        label       = "Running worker tasks"
+        id          = "in_flight"
+        label       = "Messages being processed"
+        return_data = false
+        metric_stat {
+          stat = "Average"
+          metric {
+            namespace   = "AWS/SQS"
+            metric_name = "ApproximateNumberOfMessagesNotVisible"
+            dimensions {
+              name  = "QueueName"
+              value = aws_sqs_queue.jobs.name
+            }
+          }
+        }
+      }
+
+      metrics {
+        id          = "desired"
+        label       = "Desired worker tasks"
         return_data = false
         metric_stat {
           stat = "Average"
           metric {
             namespace   = "ECS/ContainerInsights"
-            metric_name = "RunningTaskCount"
+            metric_name = "DesiredTaskCount"
             dimensions {
               name  = "ClusterName"
               value = aws_ecs_cluster.this.name
@@ -87,8 +115,8 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
 
       metrics {
         id          = "backlog_per_task"
-        label       = "Backlog per task (visible / running)"
-        expression  = "visible / running"
+        label       = "Backlog per task ((visible + in flight) / desired)"
+        expression  = "(visible + in_flight) / desired"
         return_data = true
       }
     }
@@ -104,21 +132,30 @@ resource "aws_appautoscaling_policy" "scale_from_zero" {
   resource_id        = aws_appautoscaling_target.service.resource_id
 
   step_scaling_policy_configuration {
-    adjustment_type         = "ChangeInCapacity"
+    adjustment_type         = "ExactCapacity"
     metric_aggregation_type = "Maximum"
-    # Long enough for the first task to be placed (possibly on a new instance) and be counted.
-    cooldown = var.scale_out_cooldown_seconds
+    cooldown                = var.scale_out_cooldown_seconds
+
+    # Bounds are relative to the alarm threshold (0 visible messages).
+    dynamic "step_adjustment" {
+      for_each = range(local.from_zero_steps - 1)
+      content {
+        metric_interval_lower_bound = step_adjustment.value * local.backlog_per_task_target
+        metric_interval_upper_bound = (step_adjustment.value + 1) * local.backlog_per_task_target
+        scaling_adjustment          = step_adjustment.value + 1
+      }
+    }
 
     step_adjustment {
-      metric_interval_lower_bound = 0
-      scaling_adjustment          = 1
+      metric_interval_lower_bound = (local.from_zero_steps - 1) * local.backlog_per_task_target
+      scaling_adjustment          = local.from_zero_steps
     }
   }
 }
 
 resource "aws_cloudwatch_metric_alarm" "messages_while_no_task" {
   alarm_name          = "${var.name}-messages-while-no-task"
-  alarm_description   = "Messages wait in ${local.queue_name} while no worker task runs: start one (scale from zero)."
+  alarm_description   = "Messages wait in ${local.queue_name} while the service wants no task: start ceil(visible / target) tasks (scale from zero)."
   comparison_operator = "GreaterThanThreshold"
   threshold           = 0
   evaluation_periods  = 1

@@ -4,22 +4,40 @@
 # Managed termination protection keeps scale-in from terminating an instance that still runs a
 # task; managed draining drains an instance before the group removes it.
 
-# AWS keeps this parameter on the newest recommended ECS GPU AMI (Amazon Linux 2, NVIDIA driver,
-# nvidia-container-toolkit, ECS agent with GPU support).
+# Only with compute = "gpu"; compute = "cpu" runs the tasks on Fargate and creates none of this.
+#
+# The AMI: AWS keeps the SSM parameter on the newest recommended ECS GPU AMI for Amazon Linux 2023
+# (NVIDIA driver, nvidia-container-toolkit, ECS agent with GPU support; the Amazon Linux 2 one went
+# end of life on 2026-06-30). An AMI read fresh on every plan would roll the launch template, and
+# with it every instance, whenever AWS publishes a new image. So the value read at the first apply
+# is kept (terraform_data with ignore_changes) until the operator moves it on purpose: set
+# gpu_ami_id to pin an exact AMI, or `terraform apply -replace=<module>.terraform_data.gpu_ami[0]`
+# to take the current recommended one.
 data "aws_ssm_parameter" "ecs_gpu_ami" {
-  name = "/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id"
+  count = local.gpu && var.gpu_ami_id == null ? 1 : 0
+  name  = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
+}
+
+resource "terraform_data" "gpu_ami" {
+  count = local.gpu && var.gpu_ami_id == null ? 1 : 0
+  input = nonsensitive(data.aws_ssm_parameter.ecs_gpu_ami[0].value)
+
+  lifecycle {
+    ignore_changes = [input]
+  }
 }
 
 resource "aws_launch_template" "gpu" {
+  count         = local.gpu ? 1 : 0
   name_prefix   = "${var.name}-gpu-"
-  image_id      = data.aws_ssm_parameter.ecs_gpu_ami.value
+  image_id      = coalesce(var.gpu_ami_id, one(terraform_data.gpu_ami[*].output))
   instance_type = var.instance_type
 
   iam_instance_profile {
-    arn = aws_iam_instance_profile.instance.arn
+    arn = aws_iam_instance_profile.instance[0].arn
   }
 
-  vpc_security_group_ids = [aws_security_group.instances.id]
+  vpc_security_group_ids = [aws_security_group.instances[0].id]
 
   # IMDSv2 only, one hop: containers cannot reach the instance role's credentials
   # (awsvpc tasks are also blocked by ECS_AWSVPC_BLOCK_IMDS below).
@@ -70,11 +88,15 @@ resource "aws_launch_template" "gpu" {
 }
 
 resource "aws_autoscaling_group" "gpu" {
+  count               = local.gpu ? 1 : 0
   name_prefix         = "${var.name}-gpu-"
   vpc_zone_identifier = var.subnet_ids
   min_size            = 0
   max_size            = var.max_instances
   desired_capacity    = 0
+  # Destroy must not wait for protected instances (managed termination protection keeps them
+  # protected while the cluster goes away): terminate them with the group.
+  force_delete = true
 
   # Required by managed termination protection: the capacity provider lifts protection from an
   # instance only once it runs no task.
@@ -84,8 +106,8 @@ resource "aws_autoscaling_group" "gpu" {
   health_check_grace_period = 300
 
   launch_template {
-    id      = aws_launch_template.gpu.id
-    version = aws_launch_template.gpu.latest_version
+    id      = aws_launch_template.gpu[0].id
+    version = aws_launch_template.gpu[0].latest_version
   }
 
   instance_refresh {
@@ -114,14 +136,22 @@ resource "aws_autoscaling_group" "gpu" {
     create_before_destroy = true
     # ECS managed scaling owns the size of the group.
     ignore_changes = [desired_capacity]
+    precondition {
+      # One task per instance (one GPU each by default): a rollout at full scale starts new tasks before the old ones leave
+      # (deployment_maximum_percent), so the group needs room beyond max_tasks, or the
+      # deployment must be allowed to stop old tasks first (minimum healthy below 100 %).
+      condition     = var.deployment_minimum_healthy_percent < 100 || var.max_instances > var.max_tasks
+      error_message = "With deployment_minimum_healthy_percent = 100 a rollout at max_tasks cannot place a new task: raise max_instances above max_tasks or lower deployment_minimum_healthy_percent."
+    }
   }
 }
 
 resource "aws_ecs_capacity_provider" "gpu" {
-  name = "${var.name}-gpu"
+  count = local.gpu ? 1 : 0
+  name  = "${var.name}-gpu"
 
   auto_scaling_group_provider {
-    auto_scaling_group_arn         = aws_autoscaling_group.gpu.arn
+    auto_scaling_group_arn         = aws_autoscaling_group.gpu[0].arn
     managed_termination_protection = "ENABLED"
     managed_draining               = "ENABLED"
 

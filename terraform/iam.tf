@@ -1,9 +1,9 @@
 # Three roles:
-#  - instance: the GPU container instances (ECS agent registration; AWS managed policy).
+#  - instance: the GPU container instances (ECS agent registration; AWS managed policy); GPU only.
 #  - execution: used by the ECS agent to start a task: pull from this repository, write to this
 #    log group, read this secret.
 #  - task: what the worker process itself may do, and nothing more: this queue, the source and
-#    result prefixes, its own task's scale-in protection (and AMP remote write for the sidecar).
+#    result prefixes (and AMP remote write for the sidecar).
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -105,6 +105,7 @@ locals {
     "sqs:GetQueueAttributes",
   ]
   task_dlq_actions  = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
+  source_bucket_arn = "arn:${local.partition}:s3:::${var.source_bucket}"
   source_object_arn = "arn:${local.partition}:s3:::${var.source_bucket}/${var.source_prefix}*"
   result_object_arn = "arn:${local.partition}:s3:::${local.result_bucket}/${var.result_prefix}*"
 }
@@ -139,18 +140,22 @@ data "aws_iam_policy_document" "task" {
     resources = [local.source_object_arn]
   }
 
+  # Without s3:ListBucket, S3 answers a GetObject of a missing key with 403 AccessDenied instead
+  # of 404 NoSuchKey, and the worker cannot tell "no such photo" (permanent: fail the job now)
+  # from "not allowed" (an operator's fix). Granted on the whole bucket, not under an s3:prefix
+  # condition: a GetObject carries no s3:prefix, and AWS documents the 404 only for a caller that
+  # holds s3:ListBucket. It discloses key names, never contents. `image-worker selfcheck` lists one
+  # key to prove the grant.
+  statement {
+    sid       = "ListSourceBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [local.source_bucket_arn]
+  }
+
   statement {
     sid       = "WriteCutouts"
     actions   = ["s3:PutObject"]
     resources = [local.result_object_arn]
-  }
-
-  # ECS task scale-in protection through $ECS_AGENT_URI/task-protection/v1/state: the agent
-  # calls these with the task role, for tasks of this cluster only.
-  statement {
-    sid       = "OwnTaskScaleInProtection"
-    actions   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
-    resources = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"]
   }
 
   dynamic "statement" {
@@ -183,6 +188,7 @@ data "aws_iam_policy_document" "ec2_assume" {
 }
 
 resource "aws_iam_role" "instance" {
+  count              = local.gpu ? 1 : 0
   name_prefix        = "${var.name}-inst-"
   description        = "${var.name}: GPU container instances (ECS agent)"
   assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
@@ -190,17 +196,20 @@ resource "aws_iam_role" "instance" {
 }
 
 resource "aws_iam_role_policy_attachment" "instance_ecs" {
-  role       = aws_iam_role.instance.name
+  count      = local.gpu ? 1 : 0
+  role       = aws_iam_role.instance[0].name
   policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
 }
 
 resource "aws_iam_role_policy_attachment" "instance_ssm" {
-  role       = aws_iam_role.instance.name
+  count      = local.gpu ? 1 : 0
+  role       = aws_iam_role.instance[0].name
   policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
 resource "aws_iam_instance_profile" "instance" {
+  count       = local.gpu ? 1 : 0
   name_prefix = "${var.name}-inst-"
-  role        = aws_iam_role.instance.name
+  role        = aws_iam_role.instance[0].name
   tags        = local.tags
 }

@@ -33,14 +33,57 @@ output "service_name" {
   value       = aws_ecs_service.worker.name
 }
 
+output "compute" {
+  description = "Where the tasks run: gpu (EC2 capacity provider) or cpu (Fargate)."
+  value       = var.compute
+}
+
 output "capacity_provider_name" {
-  description = "The GPU capacity provider."
-  value       = aws_ecs_capacity_provider.gpu.name
+  description = "Capacity provider of the service and of one-off tasks: the GPU one, or FARGATE."
+  value       = local.capacity_provider
 }
 
 output "autoscaling_group_name" {
-  description = "The GPU Auto Scaling group."
-  value       = aws_autoscaling_group.gpu.name
+  description = "The GPU Auto Scaling group (null with compute = cpu)."
+  value       = one(aws_autoscaling_group.gpu[*].name)
+}
+
+output "instances_security_group_id" {
+  description = "Security group of the GPU container instances (null with compute = cpu)."
+  value       = one(aws_security_group.instances[*].id)
+}
+
+output "queue_name" {
+  description = "Job queue name."
+  value       = aws_sqs_queue.jobs.name
+}
+
+output "dlq_name" {
+  description = "Dead-letter queue name."
+  value       = aws_sqs_queue.dlq.name
+}
+
+output "task_definition_arn" {
+  description = "The task definition revision Terraform registered (later ones come from deploy.py)."
+  value       = aws_ecs_task_definition.worker.arn
+}
+
+output "kms_key_arn" {
+  description = "KMS key of the log group and of the module-created DATABASE_URL secret."
+  value       = aws_kms_key.this.arn
+}
+
+output "alarm_arns" {
+  description = "Operator alarms (DLQ not empty, oldest message age) by name."
+  value = {
+    dlq_not_empty      = aws_cloudwatch_metric_alarm.dlq_depth.arn
+    oldest_message_age = aws_cloudwatch_metric_alarm.oldest_message_age.arn
+  }
+}
+
+output "producer_policy_json" {
+  description = "IAM policy for producers (api_client and image-jobs): exactly the actions they call, on this queue, its DLQ and the source prefix. Attach it to the producer's role."
+  value       = data.aws_iam_policy_document.producer.json
 }
 
 output "task_definition_family" {
@@ -74,7 +117,7 @@ output "tasks_security_group_id" {
 }
 
 output "backlog_per_task_target" {
-  description = "Messages per running task that target tracking holds (acceptable_wait_seconds / seconds_per_image)."
+  description = "Messages (visible + in flight) per desired task that target tracking holds (acceptable_wait_seconds / seconds_per_image)."
   value       = local.backlog_per_task_target
 }
 
@@ -94,6 +137,10 @@ output "task_template_vars" {
     LOG_GROUP                  = aws_cloudwatch_log_group.worker.name
     AWS_REGION                 = local.region
     DATABASE_URL_SECRET_ARN    = local.database_url_secret_arn
+    SECRETS                    = local.database_secrets
+    COMPUTE                    = var.compute
+    SOURCE_BUCKET              = var.source_bucket
+    SOURCE_PREFIX              = var.source_prefix
     SQS_QUEUE_URL              = aws_sqs_queue.jobs.url
     RESULT_BUCKET              = local.result_bucket
     RESULT_PREFIX              = var.result_prefix
@@ -109,8 +156,10 @@ output "task_template_vars" {
     TASK_CPU                   = var.task_cpu
     TASK_MEMORY                = var.task_memory
     GPU_COUNT                  = var.gpu_count
+    FARGATE_CPU                = var.fargate_cpu
+    FARGATE_MEMORY             = var.fargate_memory
     ADOT_IMAGE                 = var.adot_image
     ADOT_CONFIG                = var.enable_metrics_sidecar ? local.adot_config : ""
-    EXTRA_ENVIRONMENT          = var.extra_environment
+    EXTRA_ENVIRONMENT          = merge(var.extra_environment, local.database_environment)
   }
 }

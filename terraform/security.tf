@@ -52,6 +52,7 @@ resource "aws_vpc_security_group_egress_rule" "tasks_dns" {
 }
 
 resource "aws_security_group" "instances" {
+  count       = local.gpu ? 1 : 0
   name_prefix = "${var.name}-instances-"
   description = "image-worker GPU container instances: no inbound"
   vpc_id      = var.vpc_id
@@ -63,7 +64,8 @@ resource "aws_security_group" "instances" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "instances_https" {
-  security_group_id = aws_security_group.instances.id
+  count             = local.gpu ? 1 : 0
+  security_group_id = aws_security_group.instances[0].id
   description       = "ECS agent, ECR image pulls, CloudWatch, SSM over HTTPS"
   ip_protocol       = "tcp"
   from_port         = 443
@@ -72,7 +74,8 @@ resource "aws_vpc_security_group_egress_rule" "instances_https" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "instances_dns" {
-  security_group_id = aws_security_group.instances.id
+  count             = local.gpu ? 1 : 0
+  security_group_id = aws_security_group.instances[0].id
   description       = "DNS to the VPC resolver"
   ip_protocol       = "udp"
   from_port         = 53

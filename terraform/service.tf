@@ -1,4 +1,4 @@
-# The service: tasks on the GPU capacity provider, in private subnets (awsvpc), no load balancer
+# The service: tasks on the GPU capacity provider (or Fargate with compute = "cpu"), in private subnets (awsvpc), no load balancer
 # (the worker pulls its work from SQS). Desired count starts at 0 and then belongs to Application
 # Auto Scaling; the task definition revision belongs to deploy/ecs/deploy.py after the first apply.
 
@@ -9,7 +9,7 @@ resource "aws_ecs_service" "worker" {
   desired_count   = 0
 
   capacity_provider_strategy {
-    capacity_provider = aws_ecs_capacity_provider.gpu.name
+    capacity_provider = local.capacity_provider
     weight            = 1
     base              = 0
   }
@@ -20,8 +20,12 @@ resource "aws_ecs_service" "worker" {
     assign_public_ip = false
   }
 
-  # Rolling deploy: new tasks start (on new instances if needed) before old ones drain.
-  deployment_minimum_healthy_percent = 100
+  # Rolling deploy. New tasks start (on new instances if needed) while old ones drain; below 100 %
+  # minimum healthy, ECS may stop old tasks first, so a rollout at max_tasks (every instance the
+  # group may have is busy) still has room to place new tasks. Old tasks stop with SIGTERM and
+  # finish what they hold within DRAIN_SECONDS; the worker sets no scale-in protection that could
+  # keep them (docs/deploy.md, "Deployments under load").
+  deployment_minimum_healthy_percent = var.deployment_minimum_healthy_percent
   deployment_maximum_percent         = 200
 
   # A revision whose tasks keep failing (e.g. REQUIRE_GPU refusing to start, bad secret) is

@@ -12,6 +12,17 @@ variable "name" {
   }
 }
 
+variable "compute" {
+  type        = string
+  description = "Where the worker runs: \"gpu\" (ECS on EC2 GPU instances, the CUDA image) or \"cpu\" (ECS on Fargate, the CPU build of the image, tag suffix -cpu). Same queue, scaling and alarms."
+  default     = "gpu"
+
+  validation {
+    condition     = contains(["gpu", "cpu"], var.compute)
+    error_message = "compute must be \"gpu\" or \"cpu\"."
+  }
+}
+
 variable "tags" {
   type        = map(string)
   description = "Tags added to every resource that takes tags."
@@ -162,12 +173,40 @@ variable "result_prefix" {
 
 variable "database_url_secret_arn" {
   type        = string
-  description = "Secrets Manager secret whose value is the PostgreSQL URL (DATABASE_URL). Null: the module creates an empty secret to be filled by the operator."
+  description = "Secrets Manager secret with the database credentials, in the shape database_secret_format names (the PostgreSQL URL, or an RDS-managed JSON secret). Null: the module creates an empty URL secret to be filled by the operator."
   default     = null
 
   validation {
     condition     = var.database_url_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", coalesce(var.database_url_secret_arn, "x")))
     error_message = "database_url_secret_arn must be a Secrets Manager secret ARN."
+  }
+}
+
+variable "database_secret_format" {
+  type        = string
+  description = "What database_url_secret_arn holds: \"url\" (the PostgreSQL URL, injected as DATABASE_URL) or \"rds_json\" (an RDS/Aurora-managed secret: JSON username/password, injected key by key as PGUSER/PGPASSWORD)."
+  default     = "url"
+
+  validation {
+    condition     = contains(["url", "rds_json"], var.database_secret_format)
+    error_message = "database_secret_format must be \"url\" or \"rds_json\"."
+  }
+}
+
+variable "database_host" {
+  type        = string
+  description = "With database_secret_format = rds_json: the database endpoint. Null: host, port and dbname are read from the secret's JSON (the rotation-template format; an RDS-managed master secret holds only username and password, so set this for one)."
+  default     = null
+}
+
+variable "database_name" {
+  type        = string
+  description = "With database_secret_format = rds_json and database_host set: the database name."
+  default     = "postgres"
+
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", var.database_name))
+    error_message = "database_name must be a PostgreSQL identifier (letters, digits, _, $, -; at most 63)."
   }
 }
 
@@ -203,7 +242,7 @@ variable "ecr_keep_images" {
 
 variable "task_cpu" {
   type        = number
-  description = "CPU units reserved for the worker container (1024 = one vCPU)."
+  description = "compute = gpu: CPU units reserved for the worker container (1024 = one vCPU)."
   default     = 3072
 
   validation {
@@ -214,12 +253,34 @@ variable "task_cpu" {
 
 variable "task_memory" {
   type        = number
-  description = "Memory (MiB) reserved for the worker container; leave room for the ECS agent on the instance."
+  description = "compute = gpu: memory (MiB) reserved for the worker container; leave room for the ECS agent on the instance."
   default     = 12288
 
   validation {
     condition     = var.task_memory >= 512 && var.task_memory <= 1048576
     error_message = "task_memory must be between 512 and 1048576 MiB."
+  }
+}
+
+variable "fargate_cpu" {
+  type        = number
+  description = "compute = cpu: Fargate task CPU units (1024 = one vCPU). docs/performance.md measures 2 vCPU."
+  default     = 2048
+
+  validation {
+    condition     = contains([1024, 2048, 4096, 8192, 16384], var.fargate_cpu)
+    error_message = "fargate_cpu must be 1024, 2048, 4096, 8192 or 16384 (the model needs at least one vCPU)."
+  }
+}
+
+variable "fargate_memory" {
+  type        = number
+  description = "compute = cpu: Fargate task memory (MiB); a valid pair with fargate_cpu (2048 CPU: 4096-16384). The worker peaks near 1.7 GiB (docs/performance.md)."
+  default     = 4096
+
+  validation {
+    condition     = var.fargate_memory >= 2048 && var.fargate_memory <= 122880 && var.fargate_memory % 1024 == 0
+    error_message = "fargate_memory must be a whole number of GiB in MiB, between 2048 and 122880."
   }
 }
 
@@ -335,8 +396,21 @@ variable "instance_type" {
   default     = "g4dn.xlarge"
 
   validation {
-    condition     = can(regex("^(g4dn|g5|g5g|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\\.[0-9a-z]+$", var.instance_type))
-    error_message = "instance_type must be an NVIDIA GPU instance type (g4dn, g5, g6, g6e, p3, p4d, p5 families)."
+    # x86_64 only: the AMI (ECS GPU, Amazon Linux 2023 x86_64) and the image are x86_64, so the
+    # Graviton g5g family is refused.
+    condition     = can(regex("^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\\.[0-9a-z]+$", var.instance_type))
+    error_message = "instance_type must be an x86_64 NVIDIA GPU instance type (g4dn, g5, g6, g6e, gr6, p3, p4d, p5 families; not the arm64 g5g)."
+  }
+}
+
+variable "gpu_ami_id" {
+  type        = string
+  description = "Pin the GPU instances' AMI (an ECS GPU-optimised Amazon Linux 2023 x86_64 AMI). Null: the recommended one from SSM at the first apply, kept until replaced on purpose (capacity.tf)."
+  default     = null
+
+  validation {
+    condition     = var.gpu_ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", coalesce(var.gpu_ami_id, "x")))
+    error_message = "gpu_ami_id must look like ami-0123456789abcdef0."
   }
 }
 
@@ -378,11 +452,11 @@ variable "max_tasks" {
 
 variable "seconds_per_image" {
   type        = number
-  description = "Measured wall time one task spends per image at steady state (bench/throughput.py on the target instance type: 1 / images-per-second of one task). With acceptable_wait_seconds it gives the backlog-per-task target."
-  default     = 0.25
+  description = "Measured wall time one task spends per image at steady state (bench/throughput.py on the target instance type: 1 / images-per-second of one task). With acceptable_wait_seconds it gives the backlog-per-task target. Null: 0.25 for gpu (an estimate, not measured yet), 0.55 for cpu (measured on 2 vCPU, docs/performance.md)."
+  default     = null
 
   validation {
-    condition     = var.seconds_per_image > 0 && var.seconds_per_image <= 600
+    condition     = var.seconds_per_image == null || (coalesce(var.seconds_per_image, 1) > 0 && coalesce(var.seconds_per_image, 1) <= 600)
     error_message = "seconds_per_image must be greater than 0 and at most 600."
   }
 }
@@ -395,6 +469,28 @@ variable "acceptable_wait_seconds" {
   validation {
     condition     = var.acceptable_wait_seconds >= 1 && var.acceptable_wait_seconds <= 43200
     error_message = "acceptable_wait_seconds must be between 1 and 43200."
+  }
+}
+
+variable "deployment_minimum_healthy_percent" {
+  type        = number
+  description = "Service deployment lower bound. Below 100, a rollout may stop old tasks before new ones run, so it can proceed at max_tasks when no instance is free (at 100 it needs max_instances > max_tasks). The queue absorbs the dip."
+  default     = 50
+
+  validation {
+    condition     = var.deployment_minimum_healthy_percent >= 0 && var.deployment_minimum_healthy_percent <= 100
+    error_message = "deployment_minimum_healthy_percent must be between 0 and 100."
+  }
+}
+
+variable "scale_from_zero_max_tasks" {
+  type        = number
+  description = "From zero the service starts ceil(visible / backlog_per_task_target) tasks at once (one cold start, not 0 -> 1 -> N), at most this many (and at most max_tasks); target tracking takes it from there."
+  default     = 10
+
+  validation {
+    condition     = var.scale_from_zero_max_tasks >= 1 && var.scale_from_zero_max_tasks <= 19 && floor(var.scale_from_zero_max_tasks) == var.scale_from_zero_max_tasks
+    error_message = "scale_from_zero_max_tasks must be an integer between 1 and 19 (a step policy holds at most 20 steps)."
   }
 }
 

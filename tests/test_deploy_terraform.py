@@ -23,6 +23,7 @@ CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
 DEPLOY_TEMPLATES = [
     REPO / "deploy/ecs/task-definition.json",
     REPO / "deploy/ecs/metrics-sidecar.json",
+    REPO / "deploy/ecs/task-definition-cpu.json",
 ]
 
 
@@ -233,19 +234,112 @@ def test_alarms_watch_dlq_depth_and_oldest_message(module: Module) -> None:
 # ---------------------------------------------------------------------------------------------
 def test_gpu_capacity_can_reach_zero_with_managed_scaling_and_protection(module: Module) -> None:
     ami = module.data["aws_ssm_parameter"]["ecs_gpu_ami"]
-    assert ami["name"] == "/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id"
+    # Amazon Linux 2023: the AL2 ECS GPU AMI went end of life on 2026-06-30.
+    assert (
+        ami["name"] == "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
+    )
+    # The recommended AMI is read once and kept (no launch-template roll on every plan) unless
+    # gpu_ami_id pins one.
+    kept = module.resource("terraform_data", "gpu_ami")
+    assert kept["input"] == "${nonsensitive(data.aws_ssm_parameter.ecs_gpu_ami[0].value)}"
+    assert block(kept, "lifecycle")["ignore_changes"] == ["input"]
     template = module.resource("aws_launch_template", "gpu")
-    assert template["image_id"] == "${data.aws_ssm_parameter.ecs_gpu_ami.value}"
+    assert template["image_id"] == (
+        "${coalesce(var.gpu_ami_id, one(terraform_data.gpu_ami[*].output))}"
+    )
     assert template["instance_type"] == "${var.instance_type}"
     asg = module.resource("aws_autoscaling_group", "gpu")
     assert asg["min_size"] == 0
     assert asg["protect_from_scale_in"] is True
+    assert asg["force_delete"] is True, "destroy must not hang on protected instances"
     provider = block(
         module.resource("aws_ecs_capacity_provider", "gpu"), "auto_scaling_group_provider"
     )
-    assert provider["auto_scaling_group_arn"] == "${aws_autoscaling_group.gpu.arn}"
+    assert provider["auto_scaling_group_arn"] == "${aws_autoscaling_group.gpu[0].arn}"
     assert provider["managed_termination_protection"] == "ENABLED"
     assert block(provider, "managed_scaling")["status"] == "ENABLED"
+
+
+def test_gpu_resources_exist_only_with_compute_gpu(module: Module) -> None:
+    assert module.locals["gpu"] == '${var.compute == "gpu"}'
+    for rtype, name in (
+        ("aws_launch_template", "gpu"), ("aws_autoscaling_group", "gpu"),
+        ("aws_ecs_capacity_provider", "gpu"), ("aws_iam_role", "instance"),
+        ("aws_iam_instance_profile", "instance"), ("aws_security_group", "instances"),
+    ):  # fmt: skip
+        assert module.resource(rtype, name)["count"] == "${local.gpu ? 1 : 0}", f"{rtype}.{name}"
+
+
+def test_instance_types_are_x86_64_like_the_ami_and_the_image(module: Module) -> None:
+    condition = block(module.variables["instance_type"], "validation")["condition"]
+    pattern = re.search(r'regex\("([^"]+)"', condition)
+    assert pattern is not None, condition
+    regex = pattern.group(1).replace("\\\\", "\\")
+    for good in ("g4dn.xlarge", "g5.2xlarge", "g6.xlarge", "p4d.24xlarge"):
+        assert re.fullmatch(regex, good), good
+    for bad in ("g5g.xlarge", "g5g.16xlarge", "m7g.large", "c7i.large"):
+        assert not re.fullmatch(regex, bad), bad
+
+
+def test_rollout_at_full_scale_can_place_new_tasks(module: Module) -> None:
+    """At max_tasks every instance the group may have is busy: with 100 % minimum healthy a
+    rollout could start no new task and never finish. Either old tasks may go first (< 100 %) or
+    the group has room beyond max_tasks; the defaults and a precondition hold that."""
+    service = module.resource("aws_ecs_service", "worker")
+    assert service["deployment_minimum_healthy_percent"] == (
+        "${var.deployment_minimum_healthy_percent}"
+    )
+    variables = module.variables
+    minimum = variables["deployment_minimum_healthy_percent"]["default"]
+    assert (
+        minimum < 100 or variables["max_instances"]["default"] > variables["max_tasks"]["default"]
+    )
+    asg = module.resource("aws_autoscaling_group", "gpu")
+    conditions = [p["condition"] for p in blocks(block(asg, "lifecycle"), "precondition")]
+    assert (
+        "${var.deployment_minimum_healthy_percent < 100 || var.max_instances > var.max_tasks}"
+        in conditions
+    )
+    example = Module(EXAMPLE).modules["image_worker"]
+    assert example["deployment_minimum_healthy_percent"] < 100
+    assert example["max_instances"] == example["max_tasks"] == "${var.max_tasks}"
+
+
+def test_fargate_option_runs_the_cpu_build_with_the_same_queue_and_scaling(
+    module: Module,
+) -> None:
+    assert module.variables["compute"]["default"] == "gpu"
+    assert module.locals["capacity_provider"] == (
+        '${local.gpu ? one(aws_ecs_capacity_provider.gpu[*].name) : "FARGATE"}'
+    )
+    service = module.resource("aws_ecs_service", "worker")
+    assert block(service, "capacity_provider_strategy")["capacity_provider"] == (
+        "${local.capacity_provider}"
+    )
+    task = module.resource("aws_ecs_task_definition", "worker")
+    assert task["requires_compatibilities"] == ['${local.gpu ? "EC2" : "FARGATE"}']
+    assert task["cpu"] == "${local.gpu ? null : tostring(var.fargate_cpu)}"
+    assert task["memory"] == "${local.gpu ? null : tostring(var.fargate_memory)}"
+    assert task["network_mode"] == "awsvpc"
+    managed = module.locals["worker_environment_managed"]
+    assert managed["EXECUTION_PROVIDER"] == '${local.gpu ? "cuda" : "cpu"}'
+    assert managed["REQUIRE_GPU"] == '${local.gpu ? "true" : "false"}'
+    container = module.locals["worker_container"]
+    assert container["resourceRequirements"] == (
+        '${local.gpu ? [{type = "GPU", value = tostring(var.gpu_count)}] : null}'
+    )
+    # Fargate has no tmpfs: /tmp is a task volume there.
+    assert container["linuxParameters"] == "${local.tmp_linux_parameters}"
+    assert container["mountPoints"] == "${local.tmp_mount_points}"
+    # The CPU service scales and alarms on the same queue: nothing in autoscaling.tf or
+    # alarms.tf depends on compute.
+    for name in ("autoscaling.tf", "alarms.tf", "sqs.tf"):
+        text = (TERRAFORM / name).read_text()
+        assert "local.gpu" not in text, name
+        assert "var.compute" not in text, name
+    cpu = Module(EXAMPLE.parent / "cpu").modules["image_worker_cpu"]
+    assert cpu["compute"] == "cpu"
+    assert cpu["database_secret_format"] == "rds_json"  # noqa: S105 - a format name
 
 
 def test_container_environment_names_are_worker_settings(module: Module) -> None:
@@ -257,7 +351,6 @@ def test_container_environment_names_are_worker_settings(module: Module) -> None
                  "REQUIRE_GPU", "LOG_FORMAT", "AWS_REGION"):  # fmt: skip
         assert name in managed, name
     assert managed["MAX_ATTEMPTS"] == "${tostring(var.max_receive_count)}"
-    assert managed["REQUIRE_GPU"] == "true"
     assert managed["SQS_QUEUE_URL"] == "${aws_sqs_queue.jobs.url}"
     assert "DATABASE_URL" not in managed, "DATABASE_URL must come from Secrets Manager"
     # extra_environment's allow-list (a validation) names worker settings too.
@@ -269,12 +362,7 @@ def test_container_environment_names_are_worker_settings(module: Module) -> None
 
 def test_task_definition_gpu_secret_health_logs_and_stop_timeout(module: Module) -> None:
     container = module.locals["worker_container"]
-    assert container["resourceRequirements"] == [
-        {"type": "GPU", "value": "${tostring(var.gpu_count)}"}
-    ]
-    assert container["secrets"] == [
-        {"name": "DATABASE_URL", "valueFrom": "${local.database_url_secret_arn}"}
-    ]
+    assert container["secrets"] == "${local.database_secrets}"
     assert container["healthCheck"]["command"] == ["CMD", "image-worker", "healthcheck"]
     assert container["logConfiguration"]["logDriver"] == "awslogs"
     assert container["stopTimeout"] == "${var.stop_timeout_seconds}"
@@ -303,7 +391,7 @@ def test_service_strategy_circuit_breaker_and_desired_count_left_to_autoscaling(
 ) -> None:
     service = module.resource("aws_ecs_service", "worker")
     strategy = block(service, "capacity_provider_strategy")
-    assert strategy["capacity_provider"] == "${aws_ecs_capacity_provider.gpu.name}"
+    assert strategy["capacity_provider"] == "${local.capacity_provider}"
     breaker = block(service, "deployment_circuit_breaker")
     assert breaker["enable"] is True
     assert breaker["rollback"] is True
@@ -311,6 +399,82 @@ def test_service_strategy_circuit_breaker_and_desired_count_left_to_autoscaling(
     network = block(service, "network_configuration")
     assert network["assign_public_ip"] is False
     assert network["security_groups"] == ["${aws_security_group.tasks.id}"]
+
+
+def asyncpg_environment_names() -> set[str]:
+    """The PG* variables asyncpg itself reads when the URL lacks a part."""
+    import asyncpg.connect_utils
+
+    source = Path(asyncpg.connect_utils.__file__).read_text()
+    return set(re.findall(r"os\.(?:getenv|environ\.get)\('(PG[A-Z]+)'", source))
+
+
+def test_database_secret_is_a_url_or_an_rds_managed_json_secret(module: Module) -> None:
+    locals_ = module.locals
+    secrets = locals_["database_secrets"]
+    # URL format: the whole secret is DATABASE_URL.
+    assert secrets.endswith(
+        ': [{name = "DATABASE_URL", valueFrom = local.database_url_secret_arn}]}'
+    ), secrets
+    # JSON format: one JSON key per variable, ECS's "<arn>:<json key>::" form.
+    assert 'valueFrom = "${local.database_url_secret_arn}:${local.database_json_keys[name]}::"' in (
+        secrets
+    )
+    keys = dict(re.findall(r'(PG[A-Z]+) = "(\w+)"', locals_["database_json_keys"]))
+    assert keys == {
+        "PGUSER": "username",
+        "PGPASSWORD": "password",
+        "PGHOST": "host",
+        "PGPORT": "port",
+        "PGDATABASE": "dbname",
+    }
+    # ... and those are the variables asyncpg fills a credential-less DATABASE_URL from.
+    assert set(keys) <= asyncpg_environment_names(), asyncpg_environment_names()
+    environment = locals_["database_environment"]
+    assert '"postgresql://"' in environment, "the settings need a postgresql:// URL"
+    assert "password" not in environment.lower()
+    assert module.variables["database_secret_format"]["default"] == "url"
+    task = module.resource("aws_ecs_task_definition", "worker")
+    conditions = [p["condition"] for p in blocks(block(task, "lifecycle"), "precondition")]
+    assert (
+        '${var.database_secret_format == "url" || var.database_url_secret_arn != null}'
+        in conditions
+    )
+    assert "local.database_environment" in locals_["worker_environment"]
+    # The CKV2_AWS_57 skip now says the truth: URL secrets cannot be rotated by Secrets Manager.
+    assert "rds_json" in (TERRAFORM / "secrets.tf").read_text().split("CKV2_AWS_57:")[1][:400]
+
+
+def test_asyncpg_builds_the_connection_from_a_credential_less_url() -> None:
+    from asyncpg.connect_utils import _parse_connect_dsn_and_args
+
+    environ = {
+        "PGHOST": "db.internal",
+        "PGPORT": "5433",
+        "PGUSER": "app",
+        "PGPASSWORD": "s3cr:t@/x",
+        "PGDATABASE": "images",
+    }
+    none: dict[str, Any] = dict.fromkeys(
+        ("host", "port", "user", "password", "passfile", "database", "ssl", "service",
+         "servicefile", "direct_tls", "server_settings", "target_session_attrs", "krbsrvname",
+         "gsslib"),
+    )  # fmt: skip
+    saved = {name: os.environ.get(name) for name in environ}
+    os.environ.update(environ)
+    try:
+        addresses, params = _parse_connect_dsn_and_args(dsn="postgresql://", **none)
+        assert addresses == [("db.internal", 5433)]
+        assert (params.user, params.password, params.database) == ("app", "s3cr:t@/x", "images")
+        addresses, params = _parse_connect_dsn_and_args(dsn="postgresql://rds:5432/db", **none)
+        assert addresses == [("rds", 5432)]
+        assert (params.user, params.password, params.database) == ("app", "s3cr:t@/x", "db")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,22 +508,30 @@ def test_target_tracking_reads_backlog_per_task_of_this_queue(module: Module) ->
     config = block(policy, "target_tracking_scaling_policy_configuration")
     assert config["target_value"] == "${local.backlog_per_task_target}"
     assert (
-        "var.acceptable_wait_seconds / var.seconds_per_image"
+        "var.acceptable_wait_seconds / local.seconds_per_image"
         in module.locals["backlog_per_task_target"]
+    )
+    assert module.locals["seconds_per_image"] == (
+        "${coalesce(var.seconds_per_image, local.gpu ? 0.25 : 0.55)}"
     )
     queries = _metric_queries(blocks(block(config, "customized_metric_specification"), "metrics"))
     visible = block(block(queries["visible"], "metric_stat"), "metric")
     assert visible["namespace"] == "AWS/SQS"
     assert visible["metric_name"] == "ApproximateNumberOfMessagesVisible"
     assert _dimensions(visible) == {"QueueName": "${aws_sqs_queue.jobs.name}"}
-    running = block(block(queries["running"], "metric_stat"), "metric")
-    assert running["metric_name"] == "RunningTaskCount"
-    assert _dimensions(running) == {
+    in_flight = block(block(queries["in_flight"], "metric_stat"), "metric")
+    assert in_flight["metric_name"] == "ApproximateNumberOfMessagesNotVisible"
+    assert _dimensions(in_flight) == {"QueueName": "${aws_sqs_queue.jobs.name}"}
+    # Divided by DESIRED tasks: tasks still cold-starting count at once, so the metric does not
+    # stay inflated for the minutes a GPU task needs to start (no overshoot to max_tasks).
+    desired = block(block(queries["desired"], "metric_stat"), "metric")
+    assert desired["metric_name"] == "DesiredTaskCount"
+    assert _dimensions(desired) == {
         "ClusterName": "${aws_ecs_cluster.this.name}",
         "ServiceName": "${aws_ecs_service.worker.name}",
     }
     returned = [q for q in queries.values() if q.get("return_data") is True]
-    assert [q.get("expression") for q in returned] == ["visible / running"]
+    assert [q.get("expression") for q in returned] == ["(visible + in_flight) / desired"]
 
 
 def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) -> None:
@@ -374,8 +546,25 @@ def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) 
         module.resource("aws_appautoscaling_policy", "scale_from_zero"),
         "step_scaling_policy_configuration",
     )
-    assert step["adjustment_type"] == "ChangeInCapacity"
-    assert block(step, "step_adjustment")["scaling_adjustment"] == 1
+    # From zero straight to ceil(visible / target) tasks: one cold start, not 0 -> 1 -> N.
+    assert step["adjustment_type"] == "ExactCapacity"
+    bounded = block(block(step, "dynamic"), "step_adjustment")
+    assert bounded["for_each"] == "${range(local.from_zero_steps - 1)}"
+    content = block(bounded, "content")
+    assert content["metric_interval_lower_bound"] == (
+        "${step_adjustment.value * local.backlog_per_task_target}"
+    )
+    assert content["metric_interval_upper_bound"] == (
+        "${(step_adjustment.value + 1) * local.backlog_per_task_target}"
+    )
+    assert content["scaling_adjustment"] == "${step_adjustment.value + 1}"
+    last = block(step, "step_adjustment")
+    assert "metric_interval_upper_bound" not in last
+    assert last["scaling_adjustment"] == "${local.from_zero_steps}"
+    assert module.locals["from_zero_steps"] == (
+        "${min(var.max_tasks, var.scale_from_zero_max_tasks)}"
+    )
+    assert module.variables["scale_from_zero_max_tasks"]["default"] <= 19  # 20 steps at most
 
     idle = module.resource("aws_cloudwatch_metric_alarm", "queue_idle")
     assert idle["alarm_actions"] == ["${aws_appautoscaling_policy.scale_to_zero.arn}"]
@@ -433,6 +622,12 @@ def test_task_role_s3_is_scoped_to_prefixes_and_nothing_is_star(module: Module) 
     by_action = {a: s for s in _statements(document) for a in _resolve(module, s["actions"])}
     assert by_action["s3:GetObject"]["resources"] == ["${local.source_object_arn}"]
     assert by_action["s3:PutObject"]["resources"] == ["${local.result_object_arn}"]
+    # s3:ListBucket on the source bucket: without it S3 answers a missing key with 403, and the
+    # worker's permanent "missing object" path never fires on AWS.
+    assert by_action["s3:ListBucket"]["resources"] == ["${local.source_bucket_arn}"]
+    assert module.locals["source_bucket_arn"].endswith(":s3:::${var.source_bucket}")
+    # No task scale-in protection: it kept old tasks alive through deployments under load.
+    assert not any(action.startswith("ecs:") for action in by_action), sorted(by_action)
     assert module.locals["source_object_arn"].endswith("${var.source_bucket}/${var.source_prefix}*")
     assert module.locals["result_object_arn"].endswith(
         "${local.result_bucket}/${var.result_prefix}*"
@@ -466,6 +661,128 @@ def test_no_inbound_from_the_internet_metrics_only_from_the_vpc(module: Module) 
 
 
 # ---------------------------------------------------------------------------------------------
+# The producer's policy: exactly what api_client and image-jobs call
+# ---------------------------------------------------------------------------------------------
+# Calls the producer package makes through an SQS or S3 client: `sqs.<method>(`,
+# `self.s3.<method>(`, `require_s3().<method>(` in api_client/*.py and in the shared modules it
+# imports (`from jobcore.<module> import`, once that package exists).
+PRODUCER_CALL = re.compile(r"\b(?:[a-z]+_)?(sqs|s3)(?:\(\))?\.([a-z][a-z0-9_]*)\(")
+# Client methods that are not AWS operations (no IAM action).
+CLIENT_HELPERS = {"close", "get_paginator", "get_waiter", "can_paginate", "generate_presigned_url"}
+# The health check of issue 13 (`check_health()`: GetQueueUrl, GetQueueAttributes, HeadBucket)
+# is granted ahead of the code; once it lands, the scan finds these calls itself.
+PRODUCER_HEALTH_CHECK_CALLS = {("sqs", "get_queue_url"), ("sqs", "get_queue_attributes"),
+                               ("s3", "head_bucket")}  # fmt: skip
+# S3 operations that IAM authorises under another action's name.
+S3_IAM_ACTION = {"HeadObject": "s3:GetObject", "HeadBucket": "s3:ListBucket",
+                 "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket"}  # fmt: skip
+
+
+def producer_sources() -> list[Path]:
+    sources = sorted((REPO / "api_client").glob("*.py"))
+    shared = {
+        m for p in sources for m in re.findall(r"^from jobcore\.(\w+) import", p.read_text(), re.M)
+    }
+    return sources + [REPO / "jobcore" / f"{m}.py" for m in sorted(shared)]
+
+
+def producer_calls() -> set[tuple[str, str]]:
+    calls: set[tuple[str, str]] = set()
+    for path in producer_sources():
+        calls.update(PRODUCER_CALL.findall(path.read_text()))
+    calls = {(service, method) for service, method in calls if method not in CLIENT_HELPERS}
+    assert ("sqs", "send_message") in calls, calls
+    return calls
+
+
+def test_producer_call_pattern() -> None:
+    found = PRODUCER_CALL.findall(
+        "await self.sqs.send_message(QueueUrl=u)\n"
+        "call=lambda entries: client.sqs.send_message_batch(\n"
+        "await client.require_s3().head_object(Bucket=b, Key=k)\n"
+        "await s3.head_bucket(Bucket=b)\n"
+        "self.s3_prefix.startswith(x)\n"
+    )
+    assert found == [("sqs", "send_message"), ("sqs", "send_message_batch"),
+                     ("s3", "head_object"), ("s3", "head_bucket")]  # fmt: skip
+
+
+def producer_iam_action(service: str, method: str) -> str:
+    """boto3 method -> IAM action, through botocore's model (the method must exist)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    model = session.get_service_model(service)
+    by_method = {botocore.xform_name(name): name for name in model.operation_names}
+    assert method in by_method, f"{service}.{method} is not a {service} operation"
+    operation = by_method[method]
+    if service == "s3":
+        return S3_IAM_ACTION.get(operation, f"s3:{operation}")
+    return "sqs:" + operation.removesuffix("Batch")
+
+
+def test_producer_iam_action_mapping() -> None:
+    assert producer_iam_action("sqs", "send_message_batch") == "sqs:SendMessage"
+    assert producer_iam_action("s3", "head_object") == "s3:GetObject"
+    assert producer_iam_action("s3", "head_bucket") == "s3:ListBucket"
+    with pytest.raises(AssertionError, match="not a sqs operation"):
+        producer_iam_action("sqs", "send_messages")
+
+
+def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) -> None:
+    output = module.outputs["producer_policy_json"]
+    assert output["value"] == "${data.aws_iam_policy_document.producer.json}"
+    document = module.data["aws_iam_policy_document"]["producer"]
+    statements = [s for s in _statements(document) if s["sid"] != "QueueKey"]
+    granted = {a for s in statements for a in _resolve(module, s["actions"])}
+    needed = {producer_iam_action(*call) for call in producer_calls()}
+    needed |= {producer_iam_action(*call) for call in PRODUCER_HEALTH_CHECK_CALLS}
+    assert needed <= granted, f"producer policy lacks {sorted(needed - granted)}"
+    assert granted <= needed, (
+        f"producer policy grants what no code calls: {sorted(granted - needed)}"
+    )
+    by_sid = {s["sid"]: s for s in statements}
+    assert by_sid["SendJobs"]["resources"] == ["${aws_sqs_queue.jobs.arn}"]
+    assert by_sid["RedriveDeadLetters"]["resources"] == ["${aws_sqs_queue.dlq.arn}"]
+    assert by_sid["UploadSourcePhotos"]["resources"] == ["${local.source_object_arn}"]
+    assert by_sid["SourceBucketHealth"]["resources"] == ["${local.source_bucket_arn}"]
+    # Health checks need GetQueueUrl/GetQueueAttributes on the queue, not only SendMessage.
+    assert {"sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"} == set(
+        _resolve(module, by_sid["SendJobs"]["actions"])
+    )
+    for statement in statements:
+        assert "*" not in _resolve(module, statement["resources"]), statement
+
+
+def test_outputs_users_expect(module: Module) -> None:
+    expected = {
+        "queue_url", "queue_arn", "queue_name", "dlq_url", "dlq_arn", "dlq_name",
+        "task_definition_arn", "task_definition_family", "kms_key_arn", "tasks_security_group_id",
+        "instances_security_group_id", "alarm_arns", "producer_policy_json", "cluster_name",
+        "service_name", "capacity_provider_name", "task_template_vars", "compute",
+    }  # fmt: skip
+    assert expected <= set(module.outputs), sorted(expected - set(module.outputs))
+    for name, body in module.outputs.items():
+        assert len(str(body.get("description", ""))) > 10, f"output {name} has no description"
+    alarms = module.outputs["alarm_arns"]["value"]
+    assert set(alarms.values()) == {
+        "${aws_cloudwatch_metric_alarm.dlq_depth.arn}",
+        "${aws_cloudwatch_metric_alarm.oldest_message_age.arn}",
+    }
+
+
+def test_example_alarm_topic_uses_a_key_cloudwatch_may_use() -> None:
+    example = Module(EXAMPLE)
+    topic = example.resource("aws_sns_topic", "alarms")
+    assert topic["kms_master_key_id"] == "${aws_kms_key.alarms.arn}"
+    assert "alias/aws/sns" not in (EXAMPLE / "main.tf").read_text().split("resource")[-1]
+    policy = example.data["aws_iam_policy_document"]["alarms_key"]
+    (cloudwatch,) = [s for s in _statements(policy) if s["sid"] == "CloudWatchAlarmsPublish"]
+    assert block(cloudwatch, "principals")["identifiers"] == ["cloudwatch.amazonaws.com"]
+    assert set(cloudwatch["actions"]) == {"kms:GenerateDataKey*", "kms:Decrypt"}
+
+
+# ---------------------------------------------------------------------------------------------
 # Module and deploy template agree
 # ---------------------------------------------------------------------------------------------
 def test_deploy_template_matches_module(module: Module) -> None:
@@ -474,9 +791,12 @@ def test_deploy_template_matches_module(module: Module) -> None:
         placeholders |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", template.read_text()))
     output = module.outputs["task_template_vars"]["value"]
     assert placeholders - {"IMAGE_TAG"} <= set(output), sorted(placeholders - set(output))
-    task = json.loads(DEPLOY_TEMPLATES[0].read_text())
-    env = {item["name"] for item in task["containerDefinitions"][0]["environment"]}
-    assert env == set(module.locals["worker_environment_managed"])
+    for template in (DEPLOY_TEMPLATES[0], DEPLOY_TEMPLATES[2]):
+        task = json.loads(template.read_text())
+        container = task["containerDefinitions"][0]
+        env = {item["name"] for item in container["environment"]}
+        assert env == set(module.locals["worker_environment_managed"]), template.name
+        assert container["secrets"] == "${SECRETS}", "the module decides URL or JSON keys"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +832,10 @@ def test_checkov_finds_no_failed_checks(checkov_report: dict[str, Any]) -> None:
         for c in checkov_report["results"]["failed_checks"]
     ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    # Both examples are scanned: the GPU module call and the CPU (Fargate) one.
+    passed = {c["resource"] for c in checkov_report["results"]["passed_checks"]}
+    for call in ("module.image_worker.", "module.image_worker_cpu."):
+        assert any(r.startswith(call + "aws_ecs_task_definition.worker") for r in passed), call
     assert summary["parsing_errors"] == 0
     assert summary["resource_count"] >= 30, summary
     assert summary["passed"] >= 100, summary

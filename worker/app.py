@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import aioboto3
-import aiohttp
 import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
@@ -19,7 +18,6 @@ from worker.inference import ModelRunner
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
-from worker.protection import TaskProtection
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
 
@@ -93,12 +91,6 @@ class WorkerApp:
             background = [QueueStatsPoller(settings, sqs, pool, self.metrics).run()]
             if model.batcher is not None:
                 background.append(model.batcher.run())
-            protection: TaskProtection | None = None
-            if settings.ecs_agent_uri:
-                http = await stack.enter_async_context(aiohttp.ClientSession())
-                protection = TaskProtection(settings.ecs_agent_uri, http)
-                stack.push_async_callback(protection.release)
-                background.append(protection.run())
 
             processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
             consumer = Consumer(
@@ -108,7 +100,6 @@ class WorkerApp:
                 processor,
                 self.metrics,
                 on_poll=self.health.polled,
-                on_busy=protection.set_busy if protection else lambda busy: None,
             )
             self.ready.set()
             log.info("worker ready", metrics_port=self.port, provider=model.provider)

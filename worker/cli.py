@@ -1,5 +1,6 @@
-"""`image-worker`: run the daemon, migrate the schema, fetch model weights, or health-check.
-(The embedded local stack is dev-only: `make dev` runs `python -m devstack`.)"""
+"""`image-worker`: run the daemon, migrate the schema, fetch model weights, health-check, or check
+a deployment once (`selfcheck`). (The embedded local stack is dev-only: `make dev` runs
+`python -m devstack`.)"""
 
 from __future__ import annotations
 
@@ -34,11 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     models_commands = models.add_subparsers(dest="models_command", required=True)
     fetch = models_commands.add_parser("fetch", help="put model weights into U2NET_HOME")
     fetch.add_argument("name", nargs="?", default=os.environ.get("MODEL_NAME", "u2netp"))
+    check = commands.add_parser(
+        "selfcheck",
+        help="check model, database, queue, DLQ and buckets once; exit 0 or 3 (deploy gate)",
+    )
+    check.add_argument("--source-bucket", help="also prove ListBucket on the source bucket")
+    check.add_argument("--source-prefix", default="", help="key prefix of the source photos")
     health = commands.add_parser("healthcheck", help="exit 0 if /healthz answers OK, else 1")
     health.add_argument("--url", default=None, help="default: http://127.0.0.1:$METRICS_PORT")
     args = parser.parse_args(argv)
 
-    if args.command in ("run", "models"):
+    if args.command in ("run", "models", "selfcheck"):
         missing = [name for name in WORKER_MODULES if importlib.util.find_spec(name) is None]
         if missing:
             print(
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate()
     if args.command == "models":
         return _fetch_model(args.name)
+    if args.command == "selfcheck":
+        return _selfcheck(args.source_bucket, args.source_prefix)
     return _healthcheck(args.url)
 
 
@@ -103,6 +112,18 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _selfcheck(source_bucket: str | None, source_prefix: str) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"image-worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_format, "warning")
+    from worker import selfcheck
+
+    return selfcheck.main(settings, selfcheck.Targets(source_bucket, source_prefix))
 
 
 def _migrate() -> int:

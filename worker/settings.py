@@ -59,7 +59,6 @@ class Settings:
     db_pool_size: int
     log_format: str
     log_level: str
-    ecs_agent_uri: str | None
     queue_stats_interval_seconds: float
 
     @classmethod
@@ -108,7 +107,6 @@ class Settings:
             db_pool_size=reader.integer("DB_POOL_SIZE", concurrency + 2, low=1, high=500),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
-            ecs_agent_uri=reader.optional("ECS_AGENT_URI", prefix=("http://", "https://")),
             queue_stats_interval_seconds=reader.number(
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),

@@ -1,11 +1,20 @@
 """Roll a new image out to the ECS service.
 
-Renders deploy/ecs/task-definition.json for an image tag (placeholders `${NAME}` filled from a vars
-file, normally `terraform output -json task_template_vars`, plus `--var NAME=VALUE`), registers it
-as a new revision, points the service at it and waits until the service is stable. The metrics
-sidecar (metrics-sidecar.json) is added when ADOT_CONFIG is set. `--revision` points the service
-at an existing revision instead (rollback). Any failure ends with one `deploy: error: ...` line
-and exit status 1.
+Renders deploy/ecs/task-definition.json (task-definition-cpu.json for COMPUTE=cpu) for an image
+tag (placeholders `${NAME}` filled from a vars file, normally `terraform output -json
+task_template_vars`, plus `--var NAME=VALUE`) and registers it as a new revision. Then:
+
+1. runs the revision once as a one-off task, `image-worker selfcheck` (model loads, database,
+   queue, DLQ and buckets reachable with the task role), placed like the service's tasks; if it
+   does not exit 0 the service is left untouched. At desiredCount 0 a rollout starts no task, so
+   without this a broken image would be reported as deployed;
+2. points the service at the revision and waits until its deployment's rolloutState is COMPLETED;
+3. on FAILED, a circuit-breaker rollback, or a timeout: restores the previous revision and waits
+   for that rollout too.
+
+The metrics sidecar (metrics-sidecar.json) is added when ADOT_CONFIG is set. `--revision` points
+the service at an existing revision instead. Every wait is bounded. Any failure ends with one
+`deploy: error: ...` line and exit status 1.
 
     python -m deploy.ecs.deploy --cluster image-worker --service image-worker \\
         --image-tag 3f2c1ab --vars deploy/ecs/vars.json
@@ -20,13 +29,15 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "task-definition.json"
+CPU_TEMPLATE = HERE / "task-definition-cpu.json"
 SIDECAR_TEMPLATE = HERE / "metrics-sidecar.json"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 EXIT_FAILED = 1
@@ -197,12 +208,47 @@ class Outcome:
     previous_task_definition_arn: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Bounds of every wait: poll every `delay` seconds, give up after `timeout` seconds."""
+
+    delay: float = 15.0
+    timeout: float = 1200.0
+    selfcheck_timeout: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Selfcheck:
+    """The one-off run of the new revision before the service is switched to it."""
+
+    container: str = "worker"
+    source_bucket: str | None = None
+    source_prefix: str = ""
+
+    def command(self) -> list[str]:
+        command = ["selfcheck"]
+        if self.source_bucket:
+            command += [
+                "--source-bucket",
+                self.source_bucket,
+                "--source-prefix",
+                self.source_prefix,
+            ]
+        return command
+
+
+class RolloutFailed(DeployError):
+    """The new revision did not roll out (the message says whether the previous one is back)."""
+
+
 def _ecs_client(region: str | None) -> Any:
     import boto3
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip() or None
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return boto3.client("ecs", endpoint_url=endpoint, region_name=region or "us-east-1")
+    if not region:
+        raise DeployError("no AWS region: pass --region, AWS_REGION in --vars, or set AWS_REGION")
+    return boto3.client("ecs", endpoint_url=endpoint, region_name=region)
 
 
 def _describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
@@ -228,12 +274,15 @@ def deploy(
     task_definition: Mapping[str, Any] | None = None,
     revision: str | None = None,
     wait: bool = True,
-    delay_seconds: int = 15,
-    max_attempts: int = 80,
+    timing: Timing = Timing(),
+    selfcheck: Selfcheck | None = Selfcheck(),
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
-    """Register `task_definition` (or use `revision`), update the service, wait until stable."""
-    from botocore.exceptions import WaiterError
-
+    """Register `task_definition` (or use `revision`), run it once as `image-worker selfcheck`
+    (stop there if it fails), switch the service to it and wait for the rollout to complete. A
+    rollout that fails or times out is rolled back: the previous revision is restored and waited
+    for. Every wait is bounded by `timing`."""
     current = _describe_service(ecs, cluster, service)
     previous = current.get("taskDefinition")
     if revision is None:
@@ -245,43 +294,141 @@ def deploy(
     else:
         described = ecs.describe_task_definition(taskDefinition=revision)
         target = str(described["taskDefinition"]["taskDefinitionArn"])
+    if selfcheck is not None:
+        # At desiredCount 0 the rollout "completes" without starting a task: only this run
+        # proves that the revision starts, loads the model and reaches its dependencies.
+        run_selfcheck(ecs, cluster, current, target, selfcheck, timing, sleep=sleep, clock=clock)
     ecs.update_service(cluster=cluster, service=service, taskDefinition=target)
     print(f"service {service} -> {target} (was {previous})", file=sys.stderr)
     if not wait:
         return Outcome(target, previous)
-    waiter = ecs.get_waiter("services_stable")
-    try:
-        waiter.wait(
-            cluster=cluster,
-            services=[service],
-            WaiterConfig={"Delay": delay_seconds, "MaxAttempts": max_attempts},
-        )
-    except WaiterError as exc:
-        state = _rollout_state(ecs, cluster, service, target)
-        raise DeployError(
-            f"service {service} did not become stable on {target} within "
-            f"{delay_seconds * max_attempts}s ({state or exc})"
-        ) from exc
-    now = _describe_service(ecs, cluster, service).get("taskDefinition")
-    if now != target:
-        raise DeployError(
-            f"service {service} is stable on {now}, not {target}: the deployment circuit breaker "
-            "rolled back (see `aws ecs describe-services` events and the task's stopped reason)"
-        )
-    return Outcome(target, previous)
+    problem = wait_for_rollout(ecs, cluster, service, target, timing, sleep=sleep, clock=clock)
+    if problem is None:
+        return Outcome(target, previous)
+    if previous is None or previous == target:
+        raise RolloutFailed(f"rollout of {target} failed: {problem}; nothing to roll back to")
+    rolled = _describe_service(ecs, cluster, service).get("taskDefinition")
+    if rolled != previous:
+        ecs.update_service(cluster=cluster, service=service, taskDefinition=previous)
+    print(f"rollout of {target} failed ({problem}): restoring {previous}", file=sys.stderr)
+    again = wait_for_rollout(ecs, cluster, service, previous, timing, sleep=sleep, clock=clock)
+    if again is None:
+        raise RolloutFailed(f"rollout of {target} failed: {problem}; rolled back to {previous}")
+    raise RolloutFailed(
+        f"rollout of {target} failed: {problem}; the service is back on {previous} but that "
+        f"rollout did not complete either: {again}"
+    )
 
 
-def _rollout_state(ecs: Any, cluster: str, service: str, target: str) -> str:
-    try:
+def wait_for_rollout(
+    ecs: Any,
+    cluster: str,
+    service: str,
+    target: str,
+    timing: Timing,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str | None:
+    """None once the service's PRIMARY deployment of `target` is COMPLETED; otherwise why not
+    (FAILED, replaced by a circuit-breaker rollback, or still IN_PROGRESS at the timeout)."""
+    deadline = clock() + timing.timeout
+    state = "no deployment yet"
+    while True:
         described = _describe_service(ecs, cluster, service)
-    except DeployError as exc:
-        return str(exc)
-    for deployment in described.get("deployments", []):
-        if deployment.get("taskDefinition") == target:
-            state = deployment.get("rolloutState", "")
-            reason = deployment.get("rolloutStateReason", "")
-            return f"rollout {state}: {reason}".strip(": ")
-    return "the new deployment is gone: the circuit breaker rolled it back"
+        if described.get("taskDefinition") != target:
+            return (
+                f"the service moved to {described.get('taskDefinition')} "
+                "(the deployment circuit breaker rolled back)"
+            )
+        primary = [d for d in described.get("deployments", []) if d.get("status") == "PRIMARY"]
+        if primary:
+            rollout = str(primary[0].get("rolloutState", ""))
+            reason = str(primary[0].get("rolloutStateReason", "")).strip()
+            state = f"rollout {rollout or 'state unknown'}" + (f": {reason}" if reason else "")
+            if rollout == "COMPLETED":
+                return None
+            if rollout == "FAILED":
+                return state
+        if clock() >= deadline:
+            return f"not COMPLETED within {timing.timeout:g}s ({state})"
+        sleep(timing.delay)
+
+
+def run_selfcheck(
+    ecs: Any,
+    cluster: str,
+    service: Mapping[str, Any],
+    task_definition_arn: str,
+    selfcheck: Selfcheck,
+    timing: Timing,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run the revision once, placed like the service's tasks, as `image-worker selfcheck`;
+    raise DeployError unless its container exits 0 within timing.selfcheck_timeout."""
+    placement: dict[str, Any] = {}
+    if service.get("capacityProviderStrategy"):
+        placement["capacityProviderStrategy"] = service["capacityProviderStrategy"]
+    elif service.get("launchType"):
+        placement["launchType"] = service["launchType"]
+    if service.get("networkConfiguration"):
+        placement["networkConfiguration"] = service["networkConfiguration"]
+    started = ecs.run_task(
+        cluster=cluster,
+        taskDefinition=task_definition_arn,
+        count=1,
+        startedBy="deploy-selfcheck",
+        overrides={
+            "containerOverrides": [{"name": selfcheck.container, "command": selfcheck.command()}]
+        },
+        **placement,
+    )
+    if not started.get("tasks"):
+        reasons = "; ".join(str(f.get("reason", f)) for f in started.get("failures", []))
+        raise DeployError(f"selfcheck of {task_definition_arn} could not start: {reasons}")
+    task_arn = str(started["tasks"][0]["taskArn"])
+    print(f"selfcheck {task_arn} started", file=sys.stderr)
+    deadline = clock() + timing.selfcheck_timeout
+    while True:
+        described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn]).get("tasks", [])
+        if described and described[0].get("lastStatus") == "STOPPED":
+            problem = selfcheck_problem(described[0], selfcheck.container)
+            if problem is not None:
+                raise DeployError(
+                    f"selfcheck of {task_definition_arn} failed: {problem}; the service was "
+                    "not changed (the task's log stream has one line per failing check)"
+                )
+            print(f"selfcheck {task_arn} passed", file=sys.stderr)
+            return
+        if clock() >= deadline:
+            ecs.stop_task(cluster=cluster, task=task_arn, reason="deploy selfcheck timed out")
+            raise DeployError(
+                f"selfcheck of {task_definition_arn} did not finish within "
+                f"{timing.selfcheck_timeout:g}s (task {task_arn} stopped); the service was not "
+                "changed"
+            )
+        sleep(timing.delay)
+
+
+def selfcheck_problem(task: Mapping[str, Any], container_name: str) -> str | None:
+    """Why a STOPPED selfcheck task failed (None: its container exited 0)."""
+    containers = [c for c in task.get("containers", []) if c.get("name") == container_name]
+    exit_code = containers[0].get("exitCode") if containers else None
+    if exit_code == 0:
+        return None
+    reasons = [
+        str(part)
+        for part in (
+            task.get("stopCode"),
+            task.get("stoppedReason"),
+            containers[0].get("reason") if containers else f"no container {container_name!r}",
+        )
+        if part
+    ]
+    status = "never started" if exit_code is None else f"exit {exit_code}"
+    return status + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +437,8 @@ def _rollout_state(ecs: Any, cluster: str, service: str, target: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.ecs.deploy",
-        description="Register a task definition revision for an image tag and roll it out.",
+        description="Register a task definition revision for an image tag, check it with a "
+        "one-off `image-worker selfcheck` task, roll it out, and roll back if the rollout fails.",
     )
     parser.add_argument("--cluster", required=True, help="ECS cluster name or ARN")
     parser.add_argument("--service", required=True, help="ECS service name or ARN")
@@ -305,39 +453,75 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--var", action="append", default=[], metavar="NAME=VALUE", help="override one value"
     )
-    parser.add_argument("--template", type=Path, default=TEMPLATE, help="task definition template")
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION or us-east-1)")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for a stable service")
-    parser.add_argument("--delay", type=int, default=15, help="seconds between stability checks")
-    parser.add_argument("--max-attempts", type=int, default=80, help="stability checks (bounded)")
+    parser.add_argument(
+        "--template",
+        type=Path,
+        help="task definition template (default: task-definition.json, or "
+        "task-definition-cpu.json when COMPUTE is cpu)",
+    )
+    parser.add_argument(
+        "--region", help="AWS region (default: AWS_REGION of --vars, then the environment)"
+    )
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for the rollout")
+    parser.add_argument(
+        "--skip-selfcheck", action="store_true", help="switch the service without a selfcheck run"
+    )
+    parser.add_argument("--delay", type=int, default=15, help="seconds between status checks")
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=80,
+        help="rollout wait = delay x max-attempts seconds, then roll back (bounded)",
+    )
+    parser.add_argument(
+        "--selfcheck-timeout",
+        type=int,
+        default=900,
+        help="seconds the selfcheck task may take (placement, image pull, model load)",
+    )
     parser.add_argument(
         "--render-only", action="store_true", help="print the rendered task definition and exit"
     )
     args = parser.parse_args(argv)
-    if args.delay < 1 or args.max_attempts < 1:
-        parser.error("--delay and --max-attempts must be at least 1")
+    if args.delay < 1 or args.max_attempts < 1 or args.selfcheck_timeout < 1:
+        parser.error("--delay, --max-attempts and --selfcheck-timeout must be at least 1")
 
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
+        values = load_vars(args.vars, args.var)
         task_definition = None
         if args.image_tag is not None:
-            values = load_vars(args.vars, args.var)
-            task_definition = render(args.image_tag, values, template=args.template)
+            template = args.template or (
+                CPU_TEMPLATE if values.get("COMPUTE") == "cpu" else TEMPLATE
+            )
+            task_definition = render(args.image_tag, values, template=template)
             if args.render_only:
                 print(json.dumps(task_definition, indent=2))
                 return 0
         elif args.render_only:
             raise DeployError("--render-only needs --image-tag")
+        selfcheck = None
+        if not args.skip_selfcheck:
+            selfcheck = Selfcheck(
+                container=str(values.get("CONTAINER_NAME", "worker")),
+                source_bucket=str(values["SOURCE_BUCKET"]) if values.get("SOURCE_BUCKET") else None,
+                source_prefix=str(values.get("SOURCE_PREFIX") or ""),
+            )
+        region = args.region or (str(values["AWS_REGION"]) if values.get("AWS_REGION") else None)
         outcome = deploy(
-            _ecs_client(args.region),
+            _ecs_client(region),
             cluster=args.cluster,
             service=args.service,
             task_definition=task_definition,
             revision=args.revision,
             wait=not args.no_wait,
-            delay_seconds=args.delay,
-            max_attempts=args.max_attempts,
+            timing=Timing(
+                delay=args.delay,
+                timeout=args.delay * args.max_attempts,
+                selfcheck_timeout=args.selfcheck_timeout,
+            ),
+            selfcheck=selfcheck,
         )
     except DeployError as exc:
         print(f"deploy: error: {exc}", file=sys.stderr)

@@ -14,9 +14,52 @@ provider "aws" {
   }
 }
 
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+# The alarm topic is encrypted with a key of its own: CloudWatch alarms cannot publish to a topic
+# encrypted with the AWS managed key alias/aws/sns (its policy cannot grant cloudwatch.amazonaws.com
+# kms:GenerateDataKey*/kms:Decrypt), so alarms would fire into nothing.
+data "aws_iam_policy_document" "alarms_key" {
+  #checkov:skip=CKV_AWS_109:Key policy: the resource is this key only; the account root statement is the KMS default that lets IAM policies grant access.
+  #checkov:skip=CKV_AWS_111:Key policy: the resource is this key only (see above).
+  #checkov:skip=CKV_AWS_356:Key policy: "*" is the only valid Resource in a key policy and means this key.
+  statement {
+    sid       = "AccountAdministration"
+    actions   = ["kms:*"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "CloudWatchAlarmsPublish"
+    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_kms_key" "alarms" {
+  description             = "image-worker-${var.environment}: alarm topic"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.alarms_key.json
+}
+
 resource "aws_sns_topic" "alarms" {
   name              = "image-worker-${var.environment}-alarms"
-  kms_master_key_id = "alias/aws/sns"
+  kms_master_key_id = aws_kms_key.alarms.arn
 }
 
 module "image_worker" {
@@ -30,14 +73,19 @@ module "image_worker" {
   result_prefix = "cutouts/"
   image_tag     = var.image_tag
 
+  # "gpu": g4dn instances and the CUDA image; "cpu": Fargate and the CPU image (tag <sha>-cpu).
+  compute       = var.compute
   instance_type = var.instance_type
   max_instances = var.max_tasks
   max_tasks     = var.max_tasks
 
-  # Per-image time measured with bench/throughput.py on a g4dn.xlarge (u2netp), acceptable wait 60 s:
-  # target backlog per task = 60 / 0.25 = 240 messages.
-  seconds_per_image       = 0.25
+  # Null: the module's per-compute value (gpu 0.25 s, an estimate until measured on a g4dn.xlarge
+  # with bench/throughput.py; cpu 0.55 s, measured on 2 vCPU). Acceptable wait 60 s: target
+  # backlog per task = 60 / 0.25 = 240 messages (GPU), 60 / 0.55 = 109 (CPU).
+  seconds_per_image       = null
   acceptable_wait_seconds = 60
+  # A rollout at max_tasks may stop half the old tasks first (there is no 11th instance).
+  deployment_minimum_healthy_percent = 50
 
   max_receive_count          = 5
   visibility_timeout_seconds = 60

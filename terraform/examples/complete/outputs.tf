@@ -33,8 +33,13 @@ output "alarm_topic_arn" {
   value       = aws_sns_topic.alarms.arn
 }
 
+output "producer_policy_json" {
+  description = "Attach to the producer's role (api_client, image-jobs)."
+  value       = module.image_worker.producer_policy_json
+}
+
 output "capacity_provider_name" {
-  description = "GPU capacity provider (for one-off tasks such as `migrate`)."
+  description = "Capacity provider of the service (GPU or FARGATE)."
   value       = module.image_worker.capacity_provider_name
 }
 

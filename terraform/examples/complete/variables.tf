@@ -41,6 +41,12 @@ variable "image_tag" {
   description = "Image tag of the first task definition revision."
 }
 
+variable "compute" {
+  type        = string
+  description = "gpu (EC2 GPU instances) or cpu (Fargate)."
+  default     = "gpu"
+}
+
 variable "instance_type" {
   type        = string
   description = "GPU instance type."
