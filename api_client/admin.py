@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +25,7 @@ import structlog
 from api_client.errors import ClientConfigError
 from api_client.settings import ClientSettings
 from jobcore.job_queries import count_jobs, mark_queue_failed
-from jobcore.jobs import MalformedMessage, decode_message
+from jobcore.jobs import JobStatus, MalformedMessage, decode_message
 from jobcore.queues import queue_depth
 from jobcore.sqs import CALL_ERRORS, SQS_BATCH, BatchOutcome, call_in_batches
 
@@ -124,23 +124,39 @@ async def retry_queue_failed(
 
 
 async def _send_queue_failed(
-    client: JobQueue, only: list[uuid.UUID] | None, *, limit: int, batch_size: int = SQS_BATCH
+    client: JobQueue,
+    only: list[uuid.UUID] | None,
+    *,
+    limit: int,
+    batch_size: int = SQS_BATCH,
+    status: JobStatus = JobStatus.QUEUE_FAILED,
+    idle_for: timedelta | None = None,
+    pace: Callable[[int], Awaitable[None]] | None = None,
 ) -> Requeued:
+    """Send rows in `status` (`queue_failed`, or `pending` for the recovery sweep's re-sends)
+    untouched for `idle_for`, and mark the sent ones `pending` (updated_at now) before commit.
+    `pace(n)` is awaited before each batch of up to n rows (a rate limit)."""
     result = Requeued()
     tried: list[uuid.UUID] = []
     size = max(1, min(batch_size, SQS_BATCH))
     while len(tried) < limit:
+        wanted = min(size, limit - len(tried))
+        if pace is not None:
+            await pace(wanted)
         async with client.pool.acquire() as conn, conn.transaction():
             records = await conn.fetch(
                 """SELECT id FROM image_processing_jobs
-                    WHERE status = 'queue_failed' AND id <> ALL($2::uuid[])
+                    WHERE status = $4 AND id <> ALL($2::uuid[])
                       AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+                      AND ($5::interval IS NULL OR updated_at < now() - $5::interval)
                     ORDER BY created_at, id
                     LIMIT $1
                       FOR UPDATE SKIP LOCKED""",
-                min(size, limit - len(tried)),
+                wanted,
                 tried,
                 only,
+                status.value,
+                idle_for,
             )
             ids = [record["id"] for record in records]
             if not ids:
@@ -148,15 +164,17 @@ async def _send_queue_failed(
             tried.extend(ids)
             outcome = await client.send_messages(ids)
             await conn.execute(
-                """UPDATE image_processing_jobs SET status = 'pending', error = NULL,
-                          updated_at = now()
-                    WHERE id = ANY($1::uuid[]) AND status = 'queue_failed'""",
+                """UPDATE image_processing_jobs
+                      SET status = 'pending', updated_at = now(),
+                          error = CASE WHEN status = 'queue_failed' THEN NULL ELSE error END
+                    WHERE id = ANY($1::uuid[]) AND status = $2""",
                 outcome.sent,
+                status.value,
             )
             await _record_send_failures(conn, outcome)
         result.sent.extend(outcome.sent)
         result.failed.update(outcome.failed)
-        if not outcome.sent:
+        if not outcome.sent or len(ids) < wanted:  # queue down, or no more rows to take
             break
     return result
 

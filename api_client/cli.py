@@ -2,7 +2,8 @@
 
 Settings come from the environment: DATABASE_URL, SQS_QUEUE_URL, SOURCE_BUCKET, AWS_ENDPOINT_URL,
 AWS_REGION, SQS_DLQ_URL (else found from the queue's RedrivePolicy), AWS_MAX_ATTEMPTS,
-CLIENT_CONNECT_TIMEOUT_SECONDS.
+CLIENT_CONNECT_TIMEOUT_SECONDS; for `sweep`: SWEEP_GRACE_SECONDS, SWEEP_PENDING_AFTER_SECONDS,
+SWEEP_MAX_PER_PASS, SWEEP_MAX_PER_SECOND, SWEEP_INTERVAL_SECONDS.
 
 Exit codes: 0 ok; 1 a job failed, timed out or does not exist; 2 bad arguments or settings;
 3 the database or SQS/S3 cannot be reached."""
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
 import sys
 import time
 import uuid
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import aioboto3
+import asyncpg
 from botocore.exceptions import ClientError
 
 from api_client.client import JobClient, NewJob
@@ -32,9 +36,12 @@ from api_client.output import (
     Output,
     Progress,
     describe_error,
+    health_text,
+    sweep_line,
     warn,
     watch_line,
 )
+from api_client.recovery import SweepReport, SweepSettings, sweep_forever
 from api_client.settings import ClientSettings
 from jobcore.jobs import Job, JobStatus
 from jobcore.log_setup import configure_logging
@@ -174,6 +181,33 @@ def build_parser() -> Parser:
     redrive.add_argument("--limit", type=_positive_int, default=None)
 
     add("stats", cmd_stats, "job counts by status, oldest pending age, queue and DLQ depth")
+
+    sweep = add(
+        "sweep",
+        cmd_sweep,
+        "automatic recovery: re-send queue_failed jobs past a grace period and pending jobs whose "
+        "message is lost (one pass; --loop to repeat). Settings: SWEEP_* variables or options",
+    )
+    sweep.add_argument("--loop", action="store_true", help="repeat every --interval until stopped")
+    sweep.add_argument("--interval", type=_positive_float, help="seconds between passes (--loop)")
+    sweep.add_argument("--grace", type=_positive_float, help="queue_failed age to re-send, seconds")
+    sweep.add_argument(
+        "--pending-after", type=_positive_float, help="pending idle time to re-send, seconds"
+    )
+    sweep.add_argument("--max-per-pass", type=_positive_int, help="rows re-sent per pass at most")
+    sweep.add_argument("--max-per-second", type=_positive_float, help="messages per second at most")
+    sweep.add_argument(
+        "--emf",
+        action="store_true",
+        help="print each pass as a CloudWatch Embedded Metric Format JSON line",
+    )
+
+    health = add(
+        "health",
+        cmd_health,
+        "check PostgreSQL, the queue, the DLQ and the source bucket (exit 0 healthy, 3 not)",
+    )
+    health.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds per check")
     return parser
 
 
@@ -480,6 +514,62 @@ async def cmd_redrive_dlq(settings: ClientSettings, args: argparse.Namespace, ou
         )
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+# -- recovery and health -------------------------------------------------------------------------
+
+
+async def cmd_sweep(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:
+    sweep_settings = SweepSettings.from_env(
+        grace_seconds=args.grace,
+        pending_after_seconds=args.pending_after,
+        max_per_pass=args.max_per_pass,
+        max_per_second=args.max_per_second,
+        interval_seconds=args.interval,
+    )
+    queue_name = settings.queue_url.rstrip("/").rsplit("/", 1)[-1]
+
+    def show(report: SweepReport) -> None:
+        if args.emf:
+            print(json.dumps(report.emf(queue_name)), flush=True)
+        else:
+            out.emit(report.to_dict(), sweep_line(report))
+
+    async with JobClient.connect(settings) as client:
+        if not args.loop:
+            report = await client.sweep(sweep_settings)
+            show(report)
+            if not report.ok:
+                warn(
+                    f"{len(report.send_failures)} send(s) failed: "
+                    f"{_one(next(iter(report.send_failures.values())))}"
+                )
+                return EXIT_UNAVAILABLE
+            return EXIT_OK
+        configure_logging("json" if args.emf or args.json else "console", "warning")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await sweep_forever(client, sweep_settings, stop, on_pass=show)
+    return EXIT_OK
+
+
+async def cmd_health(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:
+    # No connection at start (min_size=0): an unreachable database is a failed check, not a crash.
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=0,
+        max_size=1,
+        timeout=min(args.timeout, settings.connect_timeout),
+    )
+    try:
+        async with JobClient.connect(settings, pool=pool) as client:
+            report = await client.check_health(timeout=args.timeout)
+    finally:
+        pool.terminate()
+    out.emit(report.to_dict(), health_text(report))
+    return EXIT_OK if report.ok else EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from api_client.admin import (
     stats,
 )
 from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.health import DEFAULT_TIMEOUT, HealthReport, check_health
+from api_client.recovery import SweepReport, SweepSettings, sweep
 from api_client.settings import ClientSettings
 from jobcore.job_queries import fetch_job, mark_queue_failed
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
@@ -282,6 +284,18 @@ class JobClient:
         if self._dlq_url is None:
             self._dlq_url = await discover_dlq_url(self.sqs, self.settings.queue_url)
         return self._dlq_url
+
+    # -- recovery and health (api_client.recovery, api_client.health) -----------------------------
+
+    async def sweep(self, settings: SweepSettings | None = None) -> SweepReport:
+        """One automatic-recovery pass: re-send `queue_failed` rows past their grace period and
+        `pending` rows whose message is lost."""
+        return await sweep(self, settings)
+
+    async def check_health(self, *, timeout: float = DEFAULT_TIMEOUT) -> HealthReport:  # noqa: ASYNC109
+        """PostgreSQL, the queue, the DLQ and the source bucket, each ok or not with its latency;
+        never raises."""
+        return await check_health(self, timeout=timeout)
 
 
 def _message_entry(index: str, job: tuple[uuid.UUID, int]) -> SendMessageBatchRequestEntryTypeDef:

@@ -15,6 +15,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from api_client.admin import QueueDepth, QueueStats
 from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.health import HealthReport
+from api_client.recovery import SweepReport
 from api_client.settings import ClientSettings
 from jobcore.jobs import Job, JobStatus
 from jobcore.queues import MISSING_QUEUE_CODES
@@ -168,6 +170,33 @@ def watch_line(stats: QueueStats) -> str:
     queue_text = "queue=?" if queue is None else f"queue={queue.visible}+{queue.in_flight}"
     dlq_text = "dlq=?" if dlq is None else f"dlq={dlq.visible}"
     return f"{now}  {counts_text(stats.counts)}  {queue_text}  {dlq_text}"
+
+
+def sweep_line(report: SweepReport) -> str:
+    backlog = report.backlog
+    left = ""
+    if backlog is not None:
+        oldest = backlog.oldest_queue_failed_age_seconds
+        left = (
+            f", left: queue_failed={backlog.queue_failed} "
+            f"(oldest {'-' if oldest is None else duration(oldest)}) "
+            f"stale pending={backlog.stale_pending}"
+        )
+    missing = "?" if report.missing_messages is None else report.missing_messages
+    return (
+        f"re-sent {len(report.queue_failed_sent)} queue_failed, {len(report.pending_resent)} "
+        f"pending (queue missing {missing}), {len(report.send_failures)} send(s) failed{left}"
+    )
+
+
+def health_text(report: HealthReport) -> str:
+    lines = [
+        f"{check.name:<14} {'ok' if check.ok else 'FAILED':<7} "
+        f"{check.latency_seconds * 1000:8.1f} ms  {_one_line(check.detail, 120)}"
+        for check in report.checks
+    ]
+    lines.append("healthy" if report.ok else "NOT healthy")
+    return "\n".join(lines)
 
 
 def describe_error(exc: BaseException, settings: ClientSettings | None) -> tuple[int, str]:

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from api_client import ClientSettings, Job, JobClient
+from api_client.recovery import SweepSettings, sweep_forever
 from devstack.stack import moto_server, postgres_server, provision, sample_photos
 from jobcore.log_setup import configure_logging
 from worker.app import WorkerApp
@@ -55,6 +56,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
         "LOG_FORMAT": "console",
         "METRICS_PORT": os.environ.get("METRICS_PORT", "9100"),
         "MAX_ATTEMPTS": "5",
+        "SWEEP_INTERVAL_SECONDS": os.environ.get("SWEEP_INTERVAL_SECONDS", "10"),
     }
     settings = Settings.from_env(env)
     app = WorkerApp(settings)
@@ -66,6 +68,14 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
         if worker_task.done():
             return 1
         client = await stack.enter_async_context(JobClient.connect(ClientSettings.from_env(env)))
+        # The recovery sweep runs here too: queue_failed rows and lost messages recover by
+        # themselves on the local stack, as the scheduled task does in AWS.
+        sweep_settings = SweepSettings.from_env(env)
+        stop_sweeping = asyncio.Event()
+        sweeper = asyncio.create_task(
+            sweep_forever(client, sweep_settings, stop_sweeping), name="recovery-sweep"
+        )
+        stack.push_async_callback(_stop_sweeper, stop_sweeping, sweeper)
         started = time.monotonic()
         jobs = []
         for photo in sample_photos():
@@ -89,6 +99,12 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
         elapsed = time.monotonic() - started
         print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
         print(f"metrics: http://127.0.0.1:{app.port}/metrics", flush=True)
+        print(
+            f"recovery sweep: every {sweep_settings.interval_seconds:g}s (queue_failed after "
+            f"{sweep_settings.grace_seconds:g}s, lost messages after "
+            f"{sweep_settings.pending_after_seconds:g}s)",
+            flush=True,
+        )
         print("inject more (from another shell):", flush=True)
         print(
             f"  DATABASE_URL='{database_url}' SQS_QUEUE_URL='{queues.queue_url}' "
@@ -108,6 +124,14 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
 async def _stop_worker(app: WorkerApp, task: asyncio.Task[None]) -> None:
     app.stop_requested.set()
     await asyncio.wait({task})
+
+
+async def _stop_sweeper(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    _, running = await asyncio.wait({task}, timeout=30)
+    for late in running:  # a pass stuck past its own bound
+        late.cancel()
+        await asyncio.wait({late})
 
 
 async def _first_done(waitable: Awaitable[object], task: asyncio.Task[None]) -> None:

@@ -174,6 +174,19 @@ class WorkerMetrics:
             ["loop"],
             registry=r,
         )
+        self.oldest_queue_failed_age = Gauge(
+            "image_worker_oldest_queue_failed_job_age_seconds",
+            "Age of the oldest queue_failed job row, 0 when none: a row whose message was never "
+            "sent waits for the recovery sweep (fleet-wide: aggregate with max).",
+            registry=r,
+        )
+        self.oldest_pending_idle = Gauge(
+            "image_worker_oldest_pending_job_idle_seconds",
+            "Time since the least recently sent (or re-sent, or released) pending job row was "
+            "touched, 0 when none: grows past the sweep's threshold when a lost message is not "
+            "re-sent (fleet-wide: aggregate with max).",
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
             self.job_timeouts.labels(stage)

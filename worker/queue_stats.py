@@ -5,6 +5,7 @@ Every worker reports the same fleet-wide values: aggregate them with max(), not 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -14,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from jobcore.job_queries import count_jobs
 from jobcore.jobs import JobStatus
 from jobcore.queues import discover_dlq_url, queue_depth
+from jobcore.recovery_queries import unsent_backlog
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 
@@ -67,3 +69,6 @@ class QueueStatsPoller:
         for status, count in jobs.counts.items():
             self.metrics.open_jobs.labels(status=status).set(count)
         self.metrics.oldest_pending_age.set(jobs.oldest_pending_age_seconds or 0.0)
+        unsent = await unsent_backlog(self.pool, timedelta(0))
+        self.metrics.oldest_queue_failed_age.set(unsent.oldest_queue_failed_age_seconds or 0.0)
+        self.metrics.oldest_pending_idle.set(unsent.oldest_pending_idle_seconds or 0.0)
