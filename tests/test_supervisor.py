@@ -49,7 +49,7 @@ async def test_a_crashing_loop_is_logged_restarted_with_backoff_and_fails_health
             assert supervisor.problem() is None  # one crash in a row is not yet "keeps dying"
 
             async def crashed_five_times() -> bool:
-                return len(starts) >= 5
+                return len(starts) >= 6  # a sixth start: the fifth crash was logged and counted
 
             await eventually(crashed_five_times, timeout=10, interval=0.01)
             problem = supervisor.problem()
