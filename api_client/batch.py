@@ -29,7 +29,9 @@ from jobcore.job_create import (
     FETCH_JOBS,
     FIND_EXISTING,
     INSERT_JOBS,
+    LOCK_NOT_AVAILABLE,
     LOCK_UNSENT,
+    LOCK_WAIT_LIMIT,
     MARK_SENT,
     Created,
     JobSpec,
@@ -133,17 +135,23 @@ async def send_unsent(
     connection: asyncpg.Connection,
     created: Sequence[Created],
 ) -> dict[uuid.UUID, Job]:
-    """Lock the rows still `queue_failed` (skipping rows another sender holds), send them, mark
-    the sent ones `pending` and the refused ones `queue_failed` with the reason, and commit.
-    Never raises for queue trouble. Returns every job's state afterwards."""
+    """Lock the rows still `queue_failed` (after any concurrent sender of them is done), send
+    them, mark the sent ones `pending` and the refused ones `queue_failed` with the reason, and
+    commit. Never raises for queue trouble. Returns every job's state afterwards."""
     delays = {item.job.id: item.spec.delay_seconds for item in created}
     unsent = list(dict.fromkeys(item.job.id for item in created if item.needs_send))
     if unsent:
-        async with connection.transaction():
-            records = await connection.fetch(LOCK_UNSENT, unsent)
-            locked = [record["id"] for record in records]
-            if locked:
-                await _send(settings, sqs, connection, [(i, delays[i]) for i in locked])
+        try:
+            async with connection.transaction():
+                await connection.execute(LOCK_WAIT_LIMIT)
+                records = await connection.fetch(LOCK_UNSENT, unsent)
+                locked = [record["id"] for record in records]
+                if locked:
+                    await _send(settings, sqs, connection, [(i, delays[i]) for i in locked])
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != LOCK_NOT_AVAILABLE:
+                raise
+            log.warning("rows held by another sender; left to it", job_ids=[str(i) for i in unsent])
     return dict(by_id(await connection.fetch(FETCH_JOBS, list(delays))))
 
 

@@ -6,11 +6,11 @@ The protocol, whoever the caller is:
 1. INSERT_JOBS writes the rows as `queue_failed` with no error, in the caller's transaction
    (or one of our own). A row whose idempotency key (or id) already exists is not written:
    FIND_EXISTING then returns the existing row, and the repeat is checked against it.
-2. After that transaction commits, LOCK_UNSENT takes the rows that are still `queue_failed`
-   with `FOR UPDATE SKIP LOCKED`, their messages are sent, and MARK_SENT moves the sent ones to
-   `pending` before that second transaction commits (failures keep the row `queue_failed` with
-   the reason). Concurrent repeats of one key therefore send its message once: whoever holds the
-   row lock sends, the others skip it or find it `pending`.
+2. After that transaction commits, LOCK_UNSENT locks the rows that are still `queue_failed`,
+   their messages are sent, and MARK_SENT moves the sent ones to `pending` before that second
+   transaction commits (failures keep the row `queue_failed` with the reason). Concurrent
+   repeats of one key therefore send its message once: whoever holds the row lock sends, the
+   others then find it `pending`.
 A crash between the two steps leaves a `queue_failed` row, which the sweeper re-sends.
 """
 
@@ -41,10 +41,18 @@ SELECT {JOB_COLUMNS} FROM image_processing_jobs
 
 FETCH_JOBS = f"SELECT {JOB_COLUMNS} FROM image_processing_jobs WHERE id = ANY($1::uuid[])"
 
+# Waits for a concurrent sender of the same rows (a repeat, the sweeper) rather than skipping
+# them, so that a repeat answers with the state that sender left (`pending`): once the lock
+# is free, the row no longer matches. Locks in id order: two batches never deadlock. The wait
+# is bounded by LOCK_WAIT_LIMIT; when it runs out the rows stay as they are (being sent).
 LOCK_UNSENT = """
 SELECT id FROM image_processing_jobs
  WHERE id = ANY($1::uuid[]) AND status = 'queue_failed'
-   FOR UPDATE SKIP LOCKED"""
+ ORDER BY id
+   FOR UPDATE"""
+
+LOCK_WAIT_LIMIT = "SET LOCAL lock_timeout = '10s'"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE when lock_timeout runs out
 
 # A worker may have claimed the row already (its claim accepts `queue_failed`): then nothing
 # matches, which is right.
