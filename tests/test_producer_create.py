@@ -236,12 +236,15 @@ async def test_concurrent_migrations_add_the_key_column_once(pg_admin_url: str) 
 async def test_rollback_leaves_no_row_and_sends_nothing(
     db: asyncpg.Pool, aws: Aws, producer: JobClient
 ) -> None:
-    with pytest.raises(RollBack):
+    async def import_then_fail() -> None:
         async with producer.transaction() as batch:
             job = await batch.create_job("sources/a.jpg")
             primary = await batch.create_primary_image_job("b", ["0.jpg"])
             assert primary.job is not None
             raise RollBack(job.id)
+
+    with pytest.raises(RollBack):
+        await import_then_fail()
     assert await rows(db) == []
     assert await aws.queue_counts() == (0, 0)
 
