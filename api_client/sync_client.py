@@ -28,11 +28,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import boto3
 import structlog
-from psycopg import Connection as PsycopgConnection
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+
+try:
+    import boto3
+    from psycopg import Connection as PsycopgConnection
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - only in an install without the extra
+    raise ImportError(
+        f"SyncJobClient needs the `sync` extra: pip install 'image-worker[sync]' ({exc})"
+    ) from exc
 
 from api_client.creation import (
     ImageCopy,
