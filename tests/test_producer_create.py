@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from api_client import IdempotencyConflict, ImageCopy, JobClient, NewJob
+from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobClient, NewJob
 from devstack.stack import drop_database, recreate_database
 from jobcore.jobs import JobStatus
-from tests.conftest import Aws
-from tests.helpers import eventually
+from tests.conftest import Aws, StartWorker
+from tests.helpers import eventually, synthetic_scene, wait_finished
 from tests.test_api_client import (
     RollBack,
     client_for,
@@ -306,3 +306,32 @@ async def test_a_crash_between_commit_and_send_leaves_a_queue_failed_row(
     assert await aws.queue_counts() == (0, 0)
     assert (await producer.retry_queue_failed()).sent == [row["id"]]
     assert await drain(aws) == [row["id"]]
+
+
+async def test_an_import_in_a_transaction_is_processed_by_a_real_worker(
+    db: asyncpg.Pool, aws: Aws, producer: JobClient, start_worker: StartWorker
+) -> None:
+    """The web API's flow: copy the photos (the first copy failed), write the book and queue its
+    primary photo in one transaction; a worker processes it once the transaction commits."""
+    await start_worker()
+    scene, _ = synthetic_scene(seed=3)
+    await aws.put("books/b9/1.jpg", scene)
+    await db.execute("CREATE TABLE books (id text PRIMARY KEY)")
+    async with db.acquire() as conn, producer.transaction(conn) as batch:
+        await conn.execute("INSERT INTO books VALUES ('b9')")
+        result = await batch.create_primary_image_job(
+            "b9",
+            [ImageCopy.failed("books/b9/0.jpg", "copy timed out"), "books/b9/1.jpg"],
+            idempotency_key="import-b9",
+        )
+    assert result.job is not None
+    done = (await wait_finished(producer, [result.job.id]))[result.job.id]
+    assert done.status is JobStatus.COMPLETED
+    assert done.source_key == "books/b9/1.jpg"
+    assert await aws.keys("cutouts/") == [f"cutouts/{result.job.id}.png"]
+
+
+async def test_an_idempotency_key_of_a_bad_length_is_refused(producer: JobClient) -> None:
+    for key in ("", "k" * 201):
+        with pytest.raises(ClientConfigError, match="idempotency_key must be 1-200 characters"):
+            await producer.create_job("sources/a.jpg", idempotency_key=key)
