@@ -39,6 +39,7 @@ from jobcore.job_create import (
     find_existing_args,
     insert_args,
     match_created,
+    unsent_ids,
 )
 from jobcore.job_queries import MARK_QUEUE_FAILED, mark_queue_failed_args
 from jobcore.jobs import Job, decode_message, encode_message
@@ -139,20 +140,27 @@ async def send_unsent(
     them, mark the sent ones `pending` and the refused ones `queue_failed` with the reason, and
     commit. Never raises for queue trouble. Returns every job's state afterwards."""
     delays = {item.job.id: item.spec.delay_seconds for item in created}
-    unsent = list(dict.fromkeys(item.job.id for item in created if item.needs_send))
-    if unsent:
-        try:
-            async with connection.transaction():
-                await connection.execute(LOCK_WAIT_LIMIT)
-                records = await connection.fetch(LOCK_UNSENT, unsent)
-                locked = [record["id"] for record in records]
-                if locked:
-                    await _send(settings, sqs, connection, [(i, delays[i]) for i in locked])
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate != LOCK_NOT_AVAILABLE:
-                raise
-            log.warning("rows held by another sender; left to it", job_ids=[str(i) for i in unsent])
-    return dict(by_id(await connection.fetch(FETCH_JOBS, list(delays))))
+    state = {item.job.id: item.job for item in created}
+    unsent = unsent_ids(created)
+    if not unsent:
+        return state
+    touched: dict[uuid.UUID, Job] = {}
+    try:
+        async with connection.transaction():
+            await connection.execute(LOCK_WAIT_LIMIT)
+            records = await connection.fetch(LOCK_UNSENT, unsent)
+            locked = [record["id"] for record in records]
+            if locked:
+                items = [(job_id, delays[job_id]) for job_id in locked]
+                touched = await _send(settings, sqs, connection, items)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != LOCK_NOT_AVAILABLE:
+            raise
+        log.warning("rows held by another sender; left to it", job_ids=[str(i) for i in unsent])
+    stale = [job_id for job_id in unsent if job_id not in touched]  # another sender had them
+    if stale:
+        touched |= by_id(await connection.fetch(FETCH_JOBS, stale))
+    return state | touched
 
 
 async def _send(
@@ -160,7 +168,8 @@ async def _send(
     sqs: SQSClient,
     connection: asyncpg.Connection,
     items: Sequence[tuple[uuid.UUID, int]],
-) -> None:
+) -> dict[uuid.UUID, Job]:
+    """Send; mark sent rows `pending` and refused ones `queue_failed`; the rows so changed."""
     logged: set[uuid.UUID] = set()
 
     async def call(entries: list[SendMessageBatchRequestEntryTypeDef]) -> Mapping[str, Any]:
@@ -177,14 +186,17 @@ async def _send(
     outcome = await call_in_batches(
         items, entry=message_entry, key=lambda item: item[0], call=call, verb="send"
     )
+    changed: dict[uuid.UUID, Job] = {}
     if outcome.sent:
-        await connection.execute(MARK_SENT, outcome.sent)
+        changed |= by_id(await connection.fetch(MARK_SENT, outcome.sent))
     if outcome.failed:
         for job_id, reason in outcome.failed.items():
             if job_id not in logged:
                 log.error("send refused; job kept as queue_failed", job_id=str(job_id),
                           reason=reason)  # fmt: skip
-        await connection.execute(MARK_QUEUE_FAILED, *mark_queue_failed_args(outcome.failed))
+        failed_args = mark_queue_failed_args(outcome.failed)
+        changed |= by_id(await connection.fetch(MARK_QUEUE_FAILED, *failed_args))
+    return changed
 
 
 def message_entry(index: str, job: tuple[uuid.UUID, int]) -> SendMessageBatchRequestEntryTypeDef:

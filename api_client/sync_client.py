@@ -67,6 +67,7 @@ from jobcore.job_create import (
     match_created,
     named,
     pyformat,
+    unsent_ids,
 )
 from jobcore.job_queries import FETCH_JOB, MARK_QUEUE_FAILED, mark_queue_failed_args
 from jobcore.jobs import Job, encode_message
@@ -330,23 +331,29 @@ class SyncJobClient:
     def send_unsent(self, created: Sequence[Created]) -> dict[uuid.UUID, Job]:
         """After the commit: as api_client.batch.send_unsent, on the client's own connection."""
         delays = {item.job.id: item.spec.delay_seconds for item in created}
-        unsent = list(dict.fromkeys(item.job.id for item in created if item.needs_send))
-        if unsent:
-            try:
-                with self._begin() as rows:
-                    rows.fetch(LOCK_WAIT_LIMIT)
-                    locked = [record["id"] for record in rows.fetch(LOCK_UNSENT, unsent)]
-                    if locked:
-                        self._send(rows, [(job_id, delays[job_id]) for job_id in locked])
-            except Exception as exc:
-                if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
-                    raise
-                log.warning("rows held by another sender; left to it",
-                            job_ids=[str(i) for i in unsent])  # fmt: skip
-        with self._begin() as rows:
-            return dict(by_id(rows.fetch(FETCH_JOBS, list(delays))))
+        state = {item.job.id: item.job for item in created}
+        unsent = unsent_ids(created)
+        if not unsent:
+            return state
+        touched: dict[uuid.UUID, Job] = {}
+        try:
+            with self._begin() as rows:
+                rows.fetch(LOCK_WAIT_LIMIT)
+                locked = [record["id"] for record in rows.fetch(LOCK_UNSENT, unsent)]
+                if locked:
+                    touched = self._send(rows, [(job_id, delays[job_id]) for job_id in locked])
+        except Exception as exc:
+            if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                raise
+            log.warning("rows held by another sender; left to it",
+                        job_ids=[str(i) for i in unsent])  # fmt: skip
+        stale = [job_id for job_id in unsent if job_id not in touched]  # another sender had them
+        if stale:
+            with self._begin() as rows:
+                touched |= by_id(rows.fetch(FETCH_JOBS, stale))
+        return state | touched
 
-    def _send(self, rows: Rows, items: Sequence[tuple[uuid.UUID, int]]) -> None:
+    def _send(self, rows: Rows, items: Sequence[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, Job]:
         outcome: BatchOutcome[uuid.UUID] = BatchOutcome()
         logged: set[uuid.UUID] = set()
         for chunk in chunked(items):
@@ -367,14 +374,16 @@ class SyncJobClient:
                 outcome.merge(BatchOutcome(failed={k: f"send failed: {exc}" for k in keys}))
                 continue
             outcome.merge(entry_outcomes(response, keys, verb="send"))
+        changed: dict[uuid.UUID, Job] = {}
         if outcome.sent:
-            rows.fetch(MARK_SENT, outcome.sent)
+            changed |= by_id(rows.fetch(MARK_SENT, outcome.sent))
         if outcome.failed:
             for job_id, reason in outcome.failed.items():
                 if job_id not in logged:
                     log.error("send refused; job kept as queue_failed", job_id=str(job_id),
                               reason=reason)  # fmt: skip
-            rows.fetch(MARK_QUEUE_FAILED, *mark_queue_failed_args(outcome.failed))
+            changed |= by_id(rows.fetch(MARK_QUEUE_FAILED, *mark_queue_failed_args(outcome.failed)))
+        return changed
 
     # -- reading jobs ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +56,10 @@ LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE when lock_timeout runs out
 
 # A worker may have claimed the row already (its claim accepts `queue_failed`): then nothing
 # matches, which is right.
-MARK_SENT = """
+MARK_SENT = f"""
 UPDATE image_processing_jobs SET status = 'pending', error = NULL, updated_at = now()
- WHERE id = ANY($1::uuid[]) AND status = 'queue_failed'"""
+ WHERE id = ANY($1::uuid[]) AND status = 'queue_failed'
+RETURNING {JOB_COLUMNS}"""
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -171,5 +172,9 @@ def match_created(
     return created
 
 
-def by_id(records: Iterable[Any]) -> Mapping[uuid.UUID, Job]:
+def by_id(records: Iterable[Any]) -> dict[uuid.UUID, Job]:
     return {job.id: job for job in map(Job.from_record, records)}
+
+
+def unsent_ids(created: Sequence[Created]) -> list[uuid.UUID]:
+    return list(dict.fromkeys(item.job.id for item in created if item.needs_send))
