@@ -1,6 +1,9 @@
-"""JobClient: what the web API imports to queue work. Creating a job inserts its row, then sends a
-pointer message; when the send fails the row is kept as `queue_failed` and the job is returned,
-so an import never fails because the queue hiccuped.
+"""JobClient: what the web API imports to queue work. Creating a job writes its row as
+`queue_failed` (no error) and commits, then sends a pointer message and marks the row `pending`;
+when the send fails the row stays `queue_failed` with the reason and the job is returned, so an
+import never fails because the queue hiccuped. Inside the caller's own transaction
+(`client.transaction(conn)`) the send waits for the commit (api_client.batch). An idempotency key
+makes a repeat return the existing job (jobcore.job_create).
 
 A client opened with `async with JobClient.connect(settings) as client` owns its asyncpg pool and
 its aioboto3 clients and closes them on exit. An application that already has them passes them in

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobClient, NewJob
 from devstack.stack import drop_database, recreate_database
-from jobcore.jobs import JobStatus
+from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, synthetic_scene, wait_finished
 from tests.test_api_client import (
@@ -335,3 +335,40 @@ async def test_an_idempotency_key_of_a_bad_length_is_refused(producer: JobClient
     for key in ("", "k" * 201):
         with pytest.raises(ClientConfigError, match="idempotency_key must be 1-200 characters"):
             await producer.create_job("sources/a.jpg", idempotency_key=key)
+
+
+@pytest.mark.parametrize("first_request", ["commits", "rolls back"])
+async def test_a_repeat_waits_for_the_first_requests_transaction(
+    first_request: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
+) -> None:
+    """The repeat arrives while the first request's row is written but not committed: it waits
+    for that transaction, then returns its job (commit) or creates its own (rollback)."""
+    async with db.acquire() as conn:
+        repeat: asyncio.Task[Job] | None = None
+
+        async def first() -> Job:
+            nonlocal repeat
+            async with producer.transaction(conn) as batch:
+                job = await batch.create_job("sources/a.jpg", idempotency_key="k")
+                repeat = asyncio.create_task(
+                    producer.create_job("sources/a.jpg", idempotency_key="k")
+                )
+                await asyncio.sleep(0.5)
+                assert not repeat.done()  # blocked on the uncommitted row
+                if first_request == "rolls back":
+                    raise RollBack
+            return job
+
+        if first_request == "commits":
+            written = await first()
+        else:
+            with pytest.raises(RollBack):
+                await first()
+        assert repeat is not None
+        answered = await asyncio.wait_for(repeat, timeout=30)
+    (row,) = await rows(db)
+    assert row["id"] == answered.id
+    assert answered.status is JobStatus.PENDING
+    if first_request == "commits":
+        assert answered.id == written.id
+    assert await drain(aws) == [answered.id]
