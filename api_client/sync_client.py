@@ -231,8 +231,8 @@ class SyncJobClient:
                     kwargs={"connect_timeout": max(1, round(settings.connect_timeout))},
                     open=False,
                 )
+                stack.callback(opened.close)  # also when it cannot open
                 opened.open(wait=True, timeout=settings.connect_timeout)
-                stack.callback(opened.close)
                 database = opened
             if sqs is None:
                 sqs = boto3.client(
