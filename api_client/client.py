@@ -1,6 +1,9 @@
-"""JobClient: what the web API imports to queue work. Creating a job inserts its row, then sends a
-pointer message; when the send fails the row is kept as `queue_failed` and the job is returned,
-so an import never fails because the queue hiccuped.
+"""JobClient: what the web API imports to queue work. Creating a job writes its row as
+`queue_failed` (no error) and commits, then sends a pointer message and marks the row `pending`;
+when the send fails the row stays `queue_failed` with the reason and the job is returned, so an
+import never fails because the queue hiccuped. Inside the caller's own transaction
+(`client.transaction(conn)`) the send waits for the commit (api_client.batch). An idempotency key
+makes a repeat return the existing job (jobcore.job_create).
 
 A client opened with `async with JobClient.connect(settings) as client` owns its asyncpg pool and
 its aioboto3 clients and closes them on exit. An application that already has them passes them in
@@ -13,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import aioboto3
 import asyncpg
@@ -33,31 +36,35 @@ from api_client.admin import (
     retry_queue_failed,
     stats,
 )
+from api_client.batch import JobBatch, message_entry
+from api_client.creation import ImageCopy, NewJob, PrimaryImageJob
 from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
 from api_client.health import DEFAULT_TIMEOUT, HealthReport, check_health
 from api_client.recovery import SweepReport, SweepSettings, sweep
 from api_client.settings import ClientSettings
-from jobcore.job_queries import fetch_job, mark_queue_failed
-from jobcore.jobs import JOB_COLUMNS, Job, JobStatus, encode_message
+from jobcore.job_create import IdempotencyConflict
+from jobcore.job_queries import fetch_job
+from jobcore.jobs import JOB_COLUMNS, Job, JobStatus
 from jobcore.queues import discover_dlq_url
-from jobcore.sqs import CALL_ERRORS, BatchOutcome, call_in_batches
+from jobcore.sqs import BatchOutcome, call_in_batches
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_sqs import SQSClient
-    from types_aiobotocore_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """One job for `create_jobs`. `delay_seconds` (0-900) holds the message back from workers."""
-
-    source_key: str
-    source_bucket: str | None = None
-    book_id: str | None = None
-    delay_seconds: int = 0
+__all__ = [
+    "ClientConfigError",
+    "ClientSettings",
+    "IdempotencyConflict",
+    "ImageCopy",
+    "JobClient",
+    "JobNotFound",
+    "JobWaitTimeout",
+    "NewJob",
+    "PrimaryImageJob",
+]
 
 
 class JobClient:
@@ -97,66 +104,88 @@ class JobClient:
         *,
         source_bucket: str | None = None,
         book_id: str | None = None,
+        idempotency_key: str | None = None,
+        job_id: uuid.UUID | None = None,
+        delay_seconds: int = 0,
         connection: asyncpg.Connection | None = None,
     ) -> Job:
-        """Insert the row and send its message. A failed send is logged (with its stack trace)
-        and leaves the row `queue_failed` for `retry_queue_failed`; it never raises.
+        """Create one job and send its message; a failed send is logged (with its stack trace)
+        and leaves the row `queue_failed`, never raising. With `idempotency_key` (or a chosen
+        `job_id`) a repeat returns the existing job and sends nothing unless that job is still
+        `queue_failed`; a repeat for another image raises IdempotencyConflict.
 
-        With `connection`, the row is written on that connection, inside the caller's
-        transaction if one is open. The message is sent before the caller commits; the worker
-        looks again at a job it cannot see yet, so commit promptly (within a few seconds)."""
-        bucket = self._bucket(source_bucket)
-        job_id = uuid.uuid4()
-        executor: Any = connection or self.pool
-        record = await executor.fetchrow(
-            f"""INSERT INTO image_processing_jobs (id, book_id, source_bucket, source_key)
-                VALUES ($1, $2, $3, $4) RETURNING {JOB_COLUMNS}""",
-            job_id,
-            book_id,
-            bucket,
-            source_key,
-        )
-        job = Job.from_record(record)
-        try:
-            await self.sqs.send_message(
-                QueueUrl=self.settings.queue_url, MessageBody=encode_message(job_id)
-            )
-        except CALL_ERRORS as exc:
-            log.error("send failed; job kept as queue_failed", job_id=str(job_id), exc_info=exc)
-            updated = await mark_queue_failed(executor, {job_id: f"send failed: {exc}"})
-            job = updated.get(job_id, job)
+        `connection`: write on this connection (not in a transaction). To write inside your own
+        transaction, use `async with client.transaction(connection) as batch`."""
+        new = NewJob(source_key, source_bucket, book_id, delay_seconds, idempotency_key, job_id)
+        (job,) = await self.create_jobs([new], connection=connection)
         return job
 
     async def create_jobs(
         self, jobs: Iterable[NewJob | str], *, connection: asyncpg.Connection | None = None
     ) -> list[Job]:
-        """Insert many rows in one statement, then send their messages with SendMessageBatch
-        (10 a call). Each entry SQS refuses, and every entry of a call that fails as a whole,
-        leaves its row `queue_failed` with the reason. Returns the jobs in input order."""
-        specs = [NewJob(item) if isinstance(item, str) else item for item in jobs]
-        if not specs:
+        """Insert many rows in one statement and commit, then send their messages with
+        SendMessageBatch (10 a call). Each entry SQS refuses, and every entry of a call that
+        fails as a whole, leaves its row `queue_failed` with the reason. Returns the jobs in
+        input order, as they stand after the send."""
+        items = list(jobs)
+        if not items:
             return []
-        ids = [uuid.uuid4() for _ in specs]
-        executor: Any = connection or self.pool
-        records = await executor.fetch(
-            f"""INSERT INTO image_processing_jobs (id, book_id, source_bucket, source_key)
-                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
-                RETURNING {JOB_COLUMNS}""",
-            ids,
-            [spec.book_id for spec in specs],
-            [self._bucket(spec.source_bucket) for spec in specs],
-            [spec.source_key for spec in specs],
-        )
-        by_id = {record["id"]: Job.from_record(record) for record in records}
-        outcome = await self.send_messages(
-            [(job_id, spec.delay_seconds) for job_id, spec in zip(ids, specs, strict=True)]
-        )
-        if outcome.failed:
-            for job_id, reason in outcome.failed.items():
-                log.error("send failed; job kept as queue_failed", job_id=str(job_id),
-                          reason=reason)  # fmt: skip
-            by_id.update(await mark_queue_failed(executor, outcome.failed))
-        return [by_id[job_id] for job_id in ids]
+        async with self.transaction(connection) as batch:
+            created = await batch.create_jobs(items)
+        return [batch.sent_state.get(job.id, job) for job in created]
+
+    async def create_primary_image_job(
+        self,
+        book_id: str,
+        images: Sequence[ImageCopy | str],
+        *,
+        source_bucket: str | None = None,
+        idempotency_key: str | None = None,
+        job_id: uuid.UUID | None = None,
+        delay_seconds: int = 0,
+        connection: asyncpg.Connection | None = None,
+    ) -> PrimaryImageJob:
+        """Queue a book's primary image: `images` in listing order, each with its copy outcome;
+        the job is for the first one copied. Returns which (`index`, `key`) or, when none was
+        copied, no job and why each was passed over. Never raises for queue trouble. A repeat
+        of `idempotency_key` returns the book's existing job even if it is for another of its
+        images."""
+        async with self.transaction(connection) as batch:
+            result = await batch.create_primary_image_job(
+                book_id,
+                images,
+                source_bucket=source_bucket,
+                idempotency_key=idempotency_key,
+                job_id=job_id,
+                delay_seconds=delay_seconds,
+            )
+        if result.job is None:
+            return result
+        return replace(result, job=batch.sent_state.get(result.job.id, result.job))
+
+    @asynccontextmanager
+    async def transaction(
+        self, connection: asyncpg.Connection | None = None
+    ) -> AsyncIterator[JobBatch]:
+        """`async with client.transaction(conn) as batch:` opens a transaction on `conn` (or on
+        a pooled connection: `batch.connection`); write your rows there and create jobs with
+        `batch.create_job(...)` / `create_jobs` / `create_primary_image_job`. When the block
+        exits cleanly the transaction commits and then the messages are sent (`batch.jobs`:
+        their state after); when it raises, everything rolls back and nothing is sent. A crash
+        between commit and send leaves `queue_failed` rows that the sweeper re-sends."""
+        async with AsyncExitStack() as stack:
+            conn: asyncpg.Connection = connection or await stack.enter_async_context(
+                self.pool.acquire()
+            )
+            if conn.is_in_transaction():
+                raise ClientConfigError(
+                    "the connection is already in a transaction, so its commit cannot be"
+                    " seen: let client.transaction(connection) open the transaction"
+                )
+            batch = JobBatch(self.settings, conn)
+            async with conn.transaction():
+                yield batch
+            await batch.send(self.sqs, conn)
 
     async def send_messages(
         self, items: Sequence[tuple[uuid.UUID, int]] | Sequence[uuid.UUID]
@@ -166,7 +195,7 @@ class JobClient:
         pairs = [item if isinstance(item, tuple) else (item, 0) for item in items]
         return await call_in_batches(
             pairs,
-            entry=_message_entry,
+            entry=message_entry,
             key=lambda pair: pair[0],
             call=lambda entries: self.sqs.send_message_batch(
                 QueueUrl=self.settings.queue_url, Entries=entries
@@ -187,12 +216,6 @@ class JobClient:
         if self.s3 is None:
             raise ClientConfigError("this client has no S3 client")
         return self.s3
-
-    def _bucket(self, source_bucket: str | None) -> str:
-        bucket = source_bucket or self.settings.source_bucket
-        if not bucket:
-            raise ClientConfigError("no source bucket: pass source_bucket or set SOURCE_BUCKET")
-        return bucket
 
     # -- reading jobs ----------------------------------------------------------------------------
 
@@ -296,11 +319,6 @@ class JobClient:
         """PostgreSQL, the queue, the DLQ and the source bucket, each ok or not with its latency;
         never raises."""
         return await check_health(self, timeout=timeout)
-
-
-def _message_entry(index: str, job: tuple[uuid.UUID, int]) -> SendMessageBatchRequestEntryTypeDef:
-    job_id, delay_seconds = job
-    return {"Id": index, "MessageBody": encode_message(job_id), "DelaySeconds": delay_seconds}
 
 
 class _Connector:

@@ -12,6 +12,21 @@ from jobcore.jobs import JOB_COLUMNS, Job, JobStatus
 MAX_ERROR_CHARS = 500  # a send failure's reason, as kept on the row
 
 
+FETCH_JOB = f"SELECT {JOB_COLUMNS} FROM image_processing_jobs WHERE id = $1"
+
+MARK_QUEUE_FAILED = f"""
+UPDATE image_processing_jobs AS j
+   SET status = 'queue_failed', error = r.error, updated_at = now()
+  FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
+ WHERE j.id = r.id AND j.status IN ('pending', 'queue_failed')
+RETURNING {", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))}"""
+
+
+def mark_queue_failed_args(reasons: Mapping[uuid.UUID, str]) -> list[Any]:
+    ids = list(reasons)
+    return [ids, [reasons[job_id][:MAX_ERROR_CHARS] for job_id in ids]]
+
+
 @dataclass(frozen=True, slots=True)
 class JobCounts:
     counts: dict[str, int]  # every asked-for status, 0 when there is none
@@ -20,9 +35,7 @@ class JobCounts:
 
 async def fetch_job(executor: Any, job_id: uuid.UUID) -> Job | None:
     """`executor`: an asyncpg pool or connection."""
-    record = await executor.fetchrow(
-        f"SELECT {JOB_COLUMNS} FROM image_processing_jobs WHERE id = $1", job_id
-    )
+    record = await executor.fetchrow(FETCH_JOB, job_id)
     return Job.from_record(record) if record else None
 
 
@@ -51,14 +64,5 @@ async def mark_queue_failed(
 ) -> dict[uuid.UUID, Job]:
     """Rows whose message could not be sent become (or stay) `queue_failed` with the reason, so
     `retry_queue_failed` sends them later; a row a worker already took is left alone."""
-    ids = list(reasons)
-    records = await executor.fetch(
-        f"""UPDATE image_processing_jobs AS j
-               SET status = 'queue_failed', error = r.error, updated_at = now()
-              FROM unnest($1::uuid[], $2::text[]) AS r(id, error)
-             WHERE j.id = r.id AND j.status IN ('pending', 'queue_failed')
-         RETURNING {", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))}""",
-        ids,
-        [reasons[job_id][:MAX_ERROR_CHARS] for job_id in ids],
-    )
+    records = await executor.fetch(MARK_QUEUE_FAILED, *mark_queue_failed_args(reasons))
     return {record["id"]: Job.from_record(record) for record in records}

@@ -41,6 +41,7 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    idempotency_key: str | None = None  # the creator's key, when it gave one
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
@@ -60,6 +61,7 @@ class Job:
             updated_at=record["updated_at"],
             started_at=record["started_at"],
             completed_at=record["completed_at"],
+            idempotency_key=record["idempotency_key"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,12 +79,13 @@ class Job:
             "updated_at": self.updated_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "idempotency_key": self.idempotency_key,
         }
 
 
 JOB_COLUMNS = (
     "id, book_id, source_bucket, source_key, result_bucket, result_key, status, attempts, error,"
-    " model, claimed_by, created_at, updated_at, started_at, completed_at"
+    " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key"
 )
 
 

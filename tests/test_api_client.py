@@ -176,26 +176,19 @@ async def test_retry_queue_failed_while_the_queue_is_still_down_keeps_rows(
     assert "NonExistentQueue" in row["error"] or "QueueDoesNotExist" in row["error"]
 
 
-async def test_create_job_inside_the_callers_transaction(
+async def test_create_job_in_a_transaction_it_did_not_open_is_refused(
     db: asyncpg.Pool, aws: Aws, producer: JobClient
 ) -> None:
+    """Its commit could not be seen, so the message would go out before it: refused, nothing
+    written or sent (client.transaction(conn) is the way; tests/test_producer_create.py)."""
     async with db.acquire() as conn:
-        async with conn.transaction():
-            kept = await producer.create_job("sources/kept.jpg", connection=conn)
-            assert await producer.get_job(kept.id) is None  # not committed yet
-        assert await producer.get_job(kept.id) is not None
-
-        async def create_then_roll_back() -> uuid.UUID:
+        with pytest.raises(ClientConfigError, match=r"client\.transaction"):
             async with conn.transaction():
-                dropped = await producer.create_job("sources/dropped.jpg", connection=conn)
-                raise RollBack(dropped.id)
-
-        with pytest.raises(RollBack) as rolled_back:
-            await create_then_roll_back()
-    dropped_id = rolled_back.value.args[0]
-    assert await producer.get_job(dropped_id) is None
-    # The message of a rolled-back job names no row: the worker drops it after one recheck.
-    assert sorted(await drain(aws)) == sorted([kept.id, dropped_id])
+                await producer.create_job("sources/kept.jpg", connection=conn)
+        outside = await producer.create_job("sources/own.jpg", connection=conn)
+    assert outside.status is JobStatus.PENDING
+    assert await db.fetchval("SELECT count(*) FROM image_processing_jobs") == 1
+    assert await drain(aws) == [outside.id]
 
 
 async def test_create_job_without_a_bucket_is_a_config_error(database_url: str, aws: Aws) -> None:

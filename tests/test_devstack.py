@@ -17,7 +17,9 @@ def test_embedded_postgres_when_none_answers(monkeypatch: pytest.MonkeyPatch) ->
 
     async def migrate_and_count(admin_url: str) -> int:
         url = await devstack.recreate_database(admin_url, "embedded_check")
-        assert await migrate_url(url) == [m.version for m in bundled_migrations()]
+        applied = await migrate_url(url)
+        assert applied[0] == "0001_create_jobs"
+        assert applied == [migration.version for migration in bundled_migrations()]
         connection = await asyncpg.connect(url)
         try:
             count: int = await connection.fetchval("SELECT count(*) FROM image_processing_jobs")

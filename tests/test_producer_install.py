@@ -61,6 +61,7 @@ def test_producer_install_has_no_model_stack(producer_venv: Path, tmp_path: Path
         "print(json.dumps({\n"
         "  'api_client': api_client.__file__,\n"
         f"  'absent': [m for m in {ML_MODULES!r} if importlib.util.find_spec(m) is None],\n"
+        "  'psycopg': importlib.util.find_spec('psycopg') is not None,\n"
         "  'worker_imported': sorted(m for m in sys.modules if m.split('.')[0] == 'worker'),\n"
         "}))\n"
     )
@@ -77,6 +78,7 @@ def test_producer_install_has_no_model_stack(producer_venv: Path, tmp_path: Path
     assert Path(found["api_client"]).is_relative_to(producer_venv), found["api_client"]
     assert found["absent"] == list(ML_MODULES)
     assert found["worker_imported"] == []  # the producer never imports the worker package
+    assert found["psycopg"] is False  # the sync producer's driver comes with the `sync` extra
 
 
 def test_worker_command_in_a_producer_install_names_the_missing_extra(
