@@ -85,7 +85,7 @@ class ExampleApp:
             )
         return cls(process, f"http://127.0.0.1:{port}", log_path)
 
-    async def ready(self, timeout: float = 60) -> httpx.AsyncClient:
+    async def ready(self, timeout: float = 120) -> httpx.AsyncClient:
         """Wait until it answers (its lifespan has opened the JobClient by then)."""
         deadline = time.monotonic() + timeout
         while True:
