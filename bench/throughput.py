@@ -93,6 +93,26 @@ def run_baseline(photos: list[bytes]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def database_cpu(pool: Any) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the bench database (worker and bench)."""
+    query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    return {row["pid"]: cpu_seconds(row["pid"]) for row in await pool.fetch(query)}
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -159,6 +179,8 @@ async def run_worker(
                 [(job_id, f"src/{i % len(photos)}.jpg") for i, job_id in enumerate(ids)],
             )
             rss_at_100 = None
+            worker_cpu, bench_cpu = cpu_seconds(process.pid), own_cpu_seconds()
+            database_at_start = await database_cpu(pool)
             started = time.perf_counter()
             sent = await call_in_batches(
                 ids,
@@ -187,6 +209,15 @@ async def run_worker(
                     raise RuntimeError(f"{failed} jobs failed")
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
+            database_end = await database_cpu(pool)
+            cpu = {  # CPU seconds spent during the drain, per process
+                "worker": cpu_seconds(process.pid) - worker_cpu,
+                "moto and bench driver": own_cpu_seconds() - bench_cpu,
+                "postgresql": sum(
+                    seconds - database_at_start.get(pid, 0.0)
+                    for pid, seconds in database_end.items()
+                ),
+            }
             rss_end = rss_mib(process.pid)
             peak = rss_mib(process.pid, "VmHWM")
             metrics = await scrape(url)
@@ -236,6 +267,7 @@ async def run_worker(
         "model_run_ms": 1000
         * metrics["image_worker_inference_seconds_sum"]
         / max(1, metrics["image_worker_inference_seconds_count"]),
+        "cpu_seconds_per_job": {name: seconds / jobs for name, seconds in cpu.items()},
         "rss_at_100_mib": rss_at_100,
         "rss_end_mib": rss_end,
         "peak_rss_mib": peak,
