@@ -1,6 +1,7 @@
 """Throughput benchmark: a plain `rembg.remove` loop (the baseline) against the real worker
 daemon draining the same images as jobs through moto SQS/S3 and PostgreSQL, in one run on one
-machine. Prints images/s and their ratio, light-load latency, per-stage time shares, RSS, and
+machine. Prints images/s and their ratio, light-load latency, per-stage time shares, both sides'
+peak RSS and their ratio, RSS growth, CPU seconds per job of the worker, moto and PostgreSQL, and
 checks that every worker alpha mask equals the baseline's (max abs difference <= 1).
 
     .venv/bin/python bench/throughput.py [--images 200] [--jobs 1000] [--env KEY=VALUE ...]
@@ -309,6 +310,7 @@ def main() -> int:
         for a, b in zip(baseline.pop("alphas"), worker.pop("alphas"), strict=True)
     ]
     ratio = worker["images_per_second"] / baseline["images_per_second"]
+    memory_ratio = worker["peak_rss_mib"] / baseline["peak_rss_mib"]
     growth = (worker["rss_end_mib"] - worker["rss_at_100_mib"]) / worker["rss_at_100_mib"]
     rows = [
         ("baseline images/s (rembg.remove loop)", f"{baseline['images_per_second']:.2f}"),
@@ -320,6 +322,7 @@ def main() -> int:
         ("worker model run (ONNX Runtime) mean", f"{worker['model_run_ms']:.0f} ms"),
         ("baseline peak RSS", f"{baseline['peak_rss_mib']:.0f} MiB"),
         ("worker peak RSS", f"{worker['peak_rss_mib']:.0f} MiB"),
+        ("peak RSS ratio worker/baseline", f"{memory_ratio:.2f}x"),
         (f"worker RSS job 100 -> job {worker['images']}",
          f"{worker['rss_at_100_mib']:.0f} -> {worker['rss_end_mib']:.0f} MiB"
          f" ({100 * growth:+.1f}%)"),
@@ -333,9 +336,13 @@ def main() -> int:
         f"{stage} {100 * share:.0f}% ({worker['stage_mean_ms'][stage]:.0f} ms)"
         for stage, share in sorted(worker["stage_share"].items(), key=lambda kv: -kv[1])
     ))  # fmt: skip
+    print("CPU per job during the drain: " + ", ".join(
+        f"{name} {1000 * seconds:.0f} ms" for name, seconds in worker["cpu_seconds_per_job"].items()
+    ))  # fmt: skip
     results = REPO / "bench" / "results"
     results.mkdir(exist_ok=True)
     summary = {"baseline": baseline, "worker": worker, "ratio": ratio, "env": extra_env}
+    summary["peak_rss_ratio"] = memory_ratio
     summary["alpha_max_diff"] = max(diffs)
     (results / "throughput.json").write_text(json.dumps(summary, indent=2))
     return 0 if max(diffs) <= 1 else 1
