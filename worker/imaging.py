@@ -127,27 +127,37 @@ def encode_png(image: Image.Image, *, compress_level: int) -> bytes:
         image.save(buffer, format="PNG", compress_level=compress_level)
         return buffer.getvalue()
     width, height = image.size
-    rows = np.asarray(image).reshape(height, width * 4)
     compressor = zlib.compressobj(compress_level)
-    deflated = []
+    deflated = bytearray()  # one growing buffer, not many small ones left on the heap
     band = np.empty((min(PNG_BAND_ROWS, height), width * 4 + 1), dtype=np.uint8)
     band[:, 0] = PNG_FILTER_UP
+    above = np.zeros(width * 4, dtype=np.uint8)  # the row above the first is zeros
     for top in range(0, height, PNG_BAND_ROWS):
         bottom = min(top + PNG_BAND_ROWS, height)
+        # Band by band: never a second copy of the whole image in memory.
+        rows = np.frombuffer(image.crop((0, top, width, bottom)).tobytes(), dtype=np.uint8)
+        rows = rows.reshape(bottom - top, width * 4)
         filtered = band[: bottom - top]
-        filtered[:, 1:] = rows[top:bottom]
-        filtered[1:, 1:] -= rows[top : bottom - 1]  # uint8 wraps: modulo 256, as PNG defines
-        if top:
-            filtered[0, 1:] -= rows[top - 1]
-        deflated.append(compressor.compress(filtered.data))
-    deflated.append(compressor.flush())
+        filtered[:, 1:] = rows
+        filtered[1:, 1:] -= rows[:-1]  # uint8 wraps: modulo 256, as PNG defines
+        filtered[0, 1:] -= above
+        above = rows[-1]
+        deflated += compressor.compress(filtered.data)
+    deflated += compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
     chunks = [_png_chunk(b"IHDR", header)]
     if icc_profile := image.info.get("icc_profile"):  # kept, as Pillow's encoder keeps it
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)))
-    chunks += [_png_chunk(b"IDAT", b"".join(deflated)), _png_chunk(b"IEND", b"")]
-    return PNG_SIGNATURE + b"".join(chunks)
+    crc = zlib.crc32(deflated, zlib.crc32(b"IDAT"))
+    idat: list[bytes | bytearray] = [
+        struct.pack(">I", len(deflated)),
+        b"IDAT",
+        deflated,
+        struct.pack(">I", crc),
+    ]
+    return b"".join([PNG_SIGNATURE, *chunks, *idat, _png_chunk(b"IEND", b"")])
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return b"".join([struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)])
