@@ -73,7 +73,7 @@ def main() -> int:
     budget["model (1 intra-op thread)"] = model_1
     sized = list(zip(outputs, decoded, strict=True))
     budget["postprocess (mask)"], masks = per_image(
-        sized, lambda o: solo.finish(o[0], o[1].rgb.size)
+        sized, lambda o: solo.mask_from_output(o[0], o[1].rgb.size)
     )
     pairs = list(zip(decoded, masks, strict=True))
     budget["cut-out"], cutouts = per_image(pairs, lambda p: imaging.cut_out(p[0], p[1]))
