@@ -1,6 +1,7 @@
 """Throughput benchmark: a plain `rembg.remove` loop (the baseline) against the real worker
 daemon draining the same images as jobs through moto SQS/S3 and PostgreSQL, in one run on one
-machine. Prints images/s and their ratio, light-load latency, per-stage time shares, RSS, and
+machine. Prints images/s and their ratio, light-load latency, per-stage time shares, both sides'
+peak RSS and their ratio, RSS growth, CPU seconds per job of the worker, moto and PostgreSQL, and
 checks that every worker alpha mask equals the baseline's (max abs difference <= 1).
 
     .venv/bin/python bench/throughput.py [--images 200] [--jobs 1000] [--env KEY=VALUE ...]
@@ -93,6 +94,26 @@ def run_baseline(photos: list[bytes]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def database_cpu(pool: Any) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the bench database (worker and bench)."""
+    query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    return {row["pid"]: cpu_seconds(row["pid"]) for row in await pool.fetch(query)}
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -159,6 +180,8 @@ async def run_worker(
                 [(job_id, f"src/{i % len(photos)}.jpg") for i, job_id in enumerate(ids)],
             )
             rss_at_100 = None
+            worker_cpu, bench_cpu = cpu_seconds(process.pid), own_cpu_seconds()
+            database_at_start = await database_cpu(pool)
             started = time.perf_counter()
             sent = await call_in_batches(
                 ids,
@@ -187,6 +210,15 @@ async def run_worker(
                     raise RuntimeError(f"{failed} jobs failed")
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
+            database_end = await database_cpu(pool)
+            cpu = {  # CPU seconds spent during the drain, per process
+                "worker": cpu_seconds(process.pid) - worker_cpu,
+                "moto and bench driver": own_cpu_seconds() - bench_cpu,
+                "postgresql": sum(
+                    seconds - database_at_start.get(pid, 0.0)
+                    for pid, seconds in database_end.items()
+                ),
+            }
             rss_end = rss_mib(process.pid)
             peak = rss_mib(process.pid, "VmHWM")
             metrics = await scrape(url)
@@ -236,6 +268,7 @@ async def run_worker(
         "model_run_ms": 1000
         * metrics["image_worker_inference_seconds_sum"]
         / max(1, metrics["image_worker_inference_seconds_count"]),
+        "cpu_seconds_per_job": {name: seconds / jobs for name, seconds in cpu.items()},
         "rss_at_100_mib": rss_at_100,
         "rss_end_mib": rss_end,
         "peak_rss_mib": peak,
@@ -277,6 +310,7 @@ def main() -> int:
         for a, b in zip(baseline.pop("alphas"), worker.pop("alphas"), strict=True)
     ]
     ratio = worker["images_per_second"] / baseline["images_per_second"]
+    memory_ratio = worker["peak_rss_mib"] / baseline["peak_rss_mib"]
     growth = (worker["rss_end_mib"] - worker["rss_at_100_mib"]) / worker["rss_at_100_mib"]
     rows = [
         ("baseline images/s (rembg.remove loop)", f"{baseline['images_per_second']:.2f}"),
@@ -288,6 +322,7 @@ def main() -> int:
         ("worker model run (ONNX Runtime) mean", f"{worker['model_run_ms']:.0f} ms"),
         ("baseline peak RSS", f"{baseline['peak_rss_mib']:.0f} MiB"),
         ("worker peak RSS", f"{worker['peak_rss_mib']:.0f} MiB"),
+        ("peak RSS ratio worker/baseline", f"{memory_ratio:.2f}x"),
         (f"worker RSS job 100 -> job {worker['images']}",
          f"{worker['rss_at_100_mib']:.0f} -> {worker['rss_end_mib']:.0f} MiB"
          f" ({100 * growth:+.1f}%)"),
@@ -301,9 +336,13 @@ def main() -> int:
         f"{stage} {100 * share:.0f}% ({worker['stage_mean_ms'][stage]:.0f} ms)"
         for stage, share in sorted(worker["stage_share"].items(), key=lambda kv: -kv[1])
     ))  # fmt: skip
+    print("CPU per job during the drain: " + ", ".join(
+        f"{name} {1000 * seconds:.0f} ms" for name, seconds in worker["cpu_seconds_per_job"].items()
+    ))  # fmt: skip
     results = REPO / "bench" / "results"
     results.mkdir(exist_ok=True)
     summary = {"baseline": baseline, "worker": worker, "ratio": ratio, "env": extra_env}
+    summary["peak_rss_ratio"] = memory_ratio
     summary["alpha_max_diff"] = max(diffs)
     (results / "throughput.json").write_text(json.dumps(summary, indent=2))
     return 0 if max(diffs) <= 1 else 1

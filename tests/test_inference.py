@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,15 +32,39 @@ def runner(model_home: Path) -> ModelRunner:
     return ModelRunner.load(settings(model_home))
 
 
-def test_split_stages_equal_rembgs_own_predict(runner: ModelRunner) -> None:
+def test_split_stages_equal_rembgs_own_predict(
+    runner: ModelRunner, model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("U2NET_HOME", str(model_home))
+    from rembg import new_session
+
+    rembg_session = new_session("u2netp", providers=[CPU])
     images = [Image.open(p).convert("RGB") for p in sample_photos()]
     images.append(Image.open(io.BytesIO(synthetic_scene((1600, 1200), seed=1)[0])).convert("RGB"))
     assert runner.split
     for image in images:
         ours = np.asarray(runner.mask_from_output(runner.run(runner.prepare(image)), image.size))
-        theirs = np.asarray(runner.session.predict(image)[0])
+        theirs = np.asarray(rembg_session.predict(image)[0])
         assert ours.shape == theirs.shape == image.size[::-1]
         assert np.array_equal(ours, theirs)
+
+
+def test_u2net_family_never_imports_rembg_and_its_matting_stack(model_home: Path) -> None:
+    """rembg's import costs about 200 MiB of RSS (pymatting, numba, scipy, scikit-image)."""
+    heavy = ("rembg", "pymatting", "numba", "scipy", "skimage")
+    code = (
+        "import sys\n"
+        "from worker.inference import ModelRunner\n"
+        "from worker.settings import Settings\n"
+        f"settings = Settings.from_env({{**{BASE!r}, 'U2NET_HOME': {str(model_home)!r}}})\n"
+        "runner = ModelRunner.load(settings)\n"
+        "runner.close()\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules) or 'none')\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "none"
 
 
 def test_cpu_session_reports_its_provider(runner: ModelRunner) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from jobcore.log_setup import configure_logging
+from worker.memory import tune_malloc
 from worker.settings import Settings, SettingsError
 
 EXIT_CONFIG = 2
@@ -66,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run() -> int:
+    malloc = tune_malloc()  # before any thread starts
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"image-worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_format, settings.log_level)
+    structlog.get_logger("worker").debug("malloc tuned", **malloc)
     # Imported here, not at the top: without the `worker` extra this module must still load, so
     # that `main` can name what is missing instead of failing with an ImportError.
     import asyncpg

@@ -1,6 +1,11 @@
-"""The model runner: the one place rembg runs. A session is made once with explicit execution
-providers, warmed up, and used from a dedicated, sized thread pool (ONNX Runtime releases the GIL
-and its `run` is thread-safe)."""
+"""The model runner: the one place rembg's models run. A session is made once with explicit
+execution providers, warmed up, and used from a dedicated, sized thread pool (ONNX Runtime releases
+the GIL and its `run` is thread-safe).
+
+For the u2net family the worker runs the ONNX file itself with rembg's pre- and post-processing
+reproduced step for step (checked equal to rembg's own `predict` in tests/test_inference.py), so
+it never imports `rembg`: its import pulls in pymatting, numba, scipy and scikit-image (about
+200 MiB of RSS) for alpha matting the worker does not use. Other models go through rembg."""
 
 from __future__ import annotations
 
@@ -48,6 +53,23 @@ INPUT_SIZE = (320, 320)
 ModelInput = dict[str, np.ndarray] | Image.Image
 
 
+def normalize(image: Image.Image) -> np.ndarray:
+    """rembg's `BaseSession.normalize` for the u2net family, operation for operation (float64
+    arithmetic, then float32), so the model sees the same tensor: LANCZOS to 320x320, scale by
+    the image's maximum, ImageNet mean and std, NCHW."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # rembg converts unconditionally; a copy only when needed
+    pixels = np.array(image.resize(INPUT_SIZE, Image.Resampling.LANCZOS))
+    scaled = pixels / max(np.max(pixels), 1e-6)
+    tensor = np.zeros((scaled.shape[0], scaled.shape[1], 3))
+    for channel in range(3):
+        tensor[:, :, channel] = (scaled[:, :, channel] - MEAN[channel]) / STD[channel]
+    return np.expand_dims(tensor.transpose((2, 0, 1)), 0).astype(np.float32)
+
+
+ARENA_EXTEND_SAME_AS_REQUESTED = 1  # ONNX Runtime's kSameAsRequested (0: next power of two)
+
+
 class GpuRequired(ModelUnavailable):
     pass
 
@@ -72,7 +94,9 @@ def choose_providers(execution_provider: str, available: list[str]) -> ProviderC
     return ProviderChoice([CPU], [CPU])
 
 
-def session_options(settings: Settings, intra_op_threads: int) -> ort.SessionOptions:
+def session_options(
+    settings: Settings, intra_op_threads: int, *, cpu_only: bool
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -81,19 +105,48 @@ def session_options(settings: Settings, intra_op_threads: int) -> ort.SessionOpt
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.ort_allow_spinning else "0"
     )
+    if cpu_only:
+        # Activations, not weights, are the memory (u2netp: about 230 MiB per run in flight).
+        # A memory pattern allocates a second, planned block per session on top of the arena's
+        # first-run chunks; one arena shared by both sessions, grown by what is asked, holds
+        # just what the runs in flight need. Measured in docs/performance.md.
+        options.enable_mem_pattern = False
+        share_cpu_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return options
+
+
+_shared_arena_lock = threading.Lock()
+_shared_arena = False
+
+
+def share_cpu_arena() -> None:
+    """Register, once per process, the CPU arena that sessions with `use_env_allocators` use."""
+    global _shared_arena
+    with _shared_arena_lock:
+        if _shared_arena:
+            return
+        ort.create_and_register_allocator(
+            ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            ),
+            ort.OrtArenaCfg({"arena_extend_strategy": ARENA_EXTEND_SAME_AS_REQUESTED}),
+        )
+        _shared_arena = True
 
 
 class ModelRunner:
     def __init__(
         self,
-        session: Any,
+        session: ort.InferenceSession,
         provider: str,
         model_name: str,
         threads: int,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.session = session
+        self.session = session  # the ONNX Runtime session a lone run uses
+        self.input_name: str = session.get_inputs()[0].name
+        self.rembg_session: Any = None  # models outside SPLIT_MODELS: rembg's session, whole
         self.provider = provider
         self.model_name = model_name
         self.metrics = metrics or WorkerMetrics()
@@ -109,16 +162,27 @@ class ModelRunner:
         """Blocking: verify the weights, build the session, run a warm-up inference."""
         started = time.perf_counter()
         model_file = verify_model(settings.model_home, settings.model_name)
-        os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
-        from rembg import new_session
-
         choice = choose_providers(settings.execution_provider, ort.get_available_providers())
         if CUDA in choice.names and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from pip wheels (nvidia-*) are found only once preloaded.
             ort.preload_dlls()
-        options = session_options(settings, settings.ort_intra_op_threads)
-        session = new_session(settings.model_name, sess_opts=options, providers=choice.requested)
-        active = session.inner_session.get_providers()
+        ort.set_default_logger_severity(3)  # errors only, as rembg sets it
+        cpu_only = choice.names == [CPU]
+        options = session_options(settings, settings.ort_intra_op_threads, cpu_only=cpu_only)
+        rembg_session: Any = None
+        if settings.model_name in SPLIT_MODELS:
+            session = ort.InferenceSession(
+                str(model_file), sess_options=options, providers=choice.requested
+            )
+        else:
+            os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
+            from rembg import new_session
+
+            rembg_session = new_session(
+                settings.model_name, sess_opts=options, providers=choice.requested
+            )
+            session = rembg_session.inner_session
+        active = session.get_providers()
         provider = active[0] if active else CPU
         if settings.require_gpu and provider != CUDA:
             raise GpuRequired(
@@ -126,12 +190,13 @@ class ModelRunner:
                 f"{', '.join(choice.names)}): CUDA or cuDNN libraries are missing or mismatched"
             )
         runner = cls(session, provider, settings.model_name, settings.inference_threads, metrics)
+        runner.rembg_session = rembg_session
         if provider == CPU and settings.inference_threads > 1 and runner.split:
             # A lone job gets every core (latency); overlapping runs get one thread each, which
             # beats two runs fighting over all cores (throughput). Same weights, same results.
             runner.overlap_session = ort.InferenceSession(
                 str(model_file),
-                sess_options=session_options(settings, 1),
+                sess_options=session_options(settings, 1, cpu_only=True),
                 providers=[CPU],
             )
         if settings.batch_size > 1:
@@ -181,20 +246,19 @@ class ModelRunner:
         """CPU stage: the model's input tensor (split models), else the image itself."""
         if not self.split:
             return image
-        inputs: dict[str, np.ndarray] = self.session.normalize(image, MEAN, STD, INPUT_SIZE)
-        return inputs
+        return {self.input_name: normalize(image)}
 
     def run(self, model_input: ModelInput) -> np.ndarray | Image.Image:
         """Model stage: the raw output (split models), else rembg's finished mask."""
         if isinstance(model_input, Image.Image):
-            mask: Image.Image = self.session.predict(model_input)[0]
+            mask: Image.Image = self.rembg_session.predict(model_input)[0]
             return mask
         with self._running_lock:
             overlapping = self._running > 0 and self.overlap_session is not None
             self._running += 1
         if overlapping:
             self.metrics.overlapped_runs.inc()
-        session = self.overlap_session if overlapping else self.session.inner_session
+        session = self.overlap_session if overlapping else self.session
         try:
             output: np.ndarray = session.run(None, model_input)[0]
         finally:
