@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,9 +80,10 @@ def test_run_with_bad_setting_exits_2_naming_it() -> None:
     assert "Traceback" not in completed.stderr
 
 
-def test_run_with_unreachable_database_exits_3_with_one_reason() -> None:
+def test_run_with_unreachable_database_exits_3_with_one_reason(model_home: Path) -> None:
     env = {
         **VALID,
+        "U2NET_HOME": str(model_home),  # the model loads before the first connection
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere",
         "METRICS_PORT": "0",
         "LOG_FORMAT": "console",
@@ -92,7 +94,7 @@ def test_run_with_unreachable_database_exits_3_with_one_reason() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,  # importing rembg may compile numba's functions first
         check=False,
     )
     assert completed.returncode == 3

@@ -1,5 +1,5 @@
-"""Lifecycle: one AsyncExitStack opens everything in order (metrics/health server, database pool,
-AWS clients, thread pools, model) and closes it in reverse. Whoever opens a resource closes it."""
+"""Lifecycle: one AsyncExitStack opens everything in order (metrics/health server, thread pools,
+model, database pool, AWS clients) and closes it in reverse. Whoever opens a resource closes it."""
 
 from __future__ import annotations
 
@@ -60,25 +60,8 @@ class WorkerApp:
                 )
             )
             self.port = server.port
-            pool = await asyncpg.create_pool(
-                settings.database_url,
-                min_size=1,
-                max_size=settings.db_pool_size,
-                command_timeout=30,
-                max_inactive_connection_lifetime=300,
-            )
-            stack.push_async_callback(pool.close)
-            store = JobStore(pool, settings.worker_id)
-            self.health.database_ping = store.ping
-
-            session = aioboto3.Session()
-            endpoint = settings.aws_endpoint_url
-            sqs = await stack.enter_async_context(
-                session.client("sqs", endpoint_url=endpoint, config=aws_config(settings))
-            )
-            s3 = await stack.enter_async_context(
-                session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
-            )
+            # The model first: it needs no network (the weights are local), and a missing GPU or
+            # corrupt weights refuse the start before any connection is opened.
             cpu_pool = stack.enter_context(
                 ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
@@ -99,6 +82,25 @@ class WorkerApp:
             )
             self.metrics.stuck_model_runs.set_function(stuck_runs.stuck)
             self.health.checks.append(stuck_runs.problem)
+            pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=1,
+                max_size=settings.db_pool_size,
+                command_timeout=30,
+                max_inactive_connection_lifetime=300,
+            )
+            stack.push_async_callback(pool.close)
+            store = JobStore(pool, settings.worker_id)
+            self.health.database_ping = store.ping
+
+            session = aioboto3.Session()
+            endpoint = settings.aws_endpoint_url
+            sqs = await stack.enter_async_context(
+                session.client("sqs", endpoint_url=endpoint, config=aws_config(settings))
+            )
+            s3 = await stack.enter_async_context(
+                session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
+            )
 
             # Entered after the clients and the model it uses, so its loops stop before they close.
             supervisor = await stack.enter_async_context(Supervisor(self.metrics))

@@ -178,9 +178,17 @@ class ModelRunner:
             os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
             from rembg import new_session
 
-            rembg_session = new_session(
-                settings.model_name, sess_opts=options, providers=choice.requested
-            )
+            try:
+                rembg_session = new_session(
+                    settings.model_name, sess_opts=options, providers=choice.requested
+                )
+            except TypeError:
+                # rembg (2.0.86) raises this from its own CPU-fallback warning, which cannot
+                # format a (provider, options) tuple: ONNX Runtime could not start CUDA (no GPU
+                # or driver) and fell back to the CPU. Build that CPU session; REQUIRE_GPU decides.
+                if CUDA not in choice.names:
+                    raise
+                rembg_session = new_session(settings.model_name, sess_opts=options, providers=[CPU])
             session = rembg_session.inner_session
         active = session.get_providers()
         provider = active[0] if active else CPU
