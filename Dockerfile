@@ -1,81 +1,109 @@
 # syntax=docker/dockerfile:1
 #
-# The GPU image of image-worker: `image-worker run` on ONNX Runtime's CUDA execution provider.
+# The image of image-worker: `image-worker run` on ONNX Runtime, GPU (default) or CPU.
 #
-# CUDA / cuDNN pairing (keep these two ARGs in step; docs/deploy.md has the table):
-#   onnxruntime-gpu 1.23.2 (PyPI) is built against CUDA 12.2 and cuDNN 9 (its package metadata
-#   says cuda_version='12.2'; its `cuda`/`cudnn` extras ask for nvidia-*-cu12 and cudnn-cu12~=9).
-#   ONNX Runtime built with CUDA 12.x runs on any CUDA 12.x runtime (CUDA minor-version
-#   compatibility), but a cuDNN 8 build never loads cuDNN 9 and vice versa. The base image is
-#   NVIDIA's `cudnn-runtime` flavour, which carries libcudart, libcublas(Lt), libcufft, libcurand
-#   AND libcudnn 9: without cuDNN in the image ONNX Runtime silently falls back to the CPU, which
-#   REQUIRE_GPU=true (set below) turns into a refused start with a clear message.
-#   Host side: the ECS GPU-optimised AMI ships an NVIDIA driver >= 525.60.13, the minimum that
-#   CUDA 12.x minor-version compatibility needs.
-#   onnxruntime-gpu >= 1.24 on PyPI may move to CUDA 13: bump the base image with it.
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+#   podman build -t image-worker .                  # GPU image, the one ECS runs (last stage)
+#   podman build --target cpu -t image-worker:cpu .  # CPU image: onnxruntime, no CUDA wheels
+#   make image / make image-cpu                      # no registry needed (docs/deploy.md)
+#
+# Base: plain Debian slim with Debian's python3. CUDA 12 and cuDNN 9 come as pip wheels
+# (nvidia-*-cu12, the `cuda`/`cudnn` extras of onnxruntime-gpu, pinned with hashes in
+# requirements/image-gpu.lock) and the worker loads them with onnxruntime.preload_dlls(), so no
+# NVIDIA base image is needed and the image is made from public packages only. Only the driver
+# (libcuda) comes from the host: the ECS GPU-optimised AMI ships one new enough for CUDA 12.
+# Without usable CUDA/cuDNN, ONNX Runtime silently falls back to the CPU, which REQUIRE_GPU=true
+# (set below) turns into a refused start with a clear message and exit code 3.
+#
+# Layers go from rarely to often changed: Python -> locked dependencies -> model weights -> the
+# project's own code, so a code change rebuilds one thin layer. Each stage below builds only
+# when the target needs it (BuildKit, and podman/buildah's default --skip-unused-stages).
+ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
-# build: a virtual environment with the package (gpu extra) and the model weights.
-FROM ${CUDA_IMAGE} AS build
-ARG ONNXRUNTIME_GPU_VERSION=1.23.2
-ARG MODEL_NAME=u2netp
+# python: Debian's Python (3.11 on bookworm) with venv support, for the build stages.
+FROM ${BASE_IMAGE} AS python
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    U2NET_HOME=/opt/models
+    PYTHONDONTWRITEBYTECODE=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# DL3008: Ubuntu's archive keeps only the newest build of a package, so an exact `=version` pin
-# breaks the build at the next security update; the base image tag above is the pin that matters.
+# DL3008: Debian's archive keeps only the newest build of a package, so an exact `=version` pin
+# breaks the build at the next security update; the base image tag is the pin that matters.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv "$VIRTUAL_ENV"
+
+# ---------------------------------------------------------------------------------------------
+# deps-*: a virtual environment with exactly one lock file (every file checked by its hash);
+# `make lock` regenerates the locks from pyproject.toml.
+FROM python AS deps-gpu
+COPY requirements/image-gpu.lock /tmp/requirements.lock
+# onnxruntime (CPU) and onnxruntime-gpu own the same module: the GPU image holds only the latter.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+ && if /opt/venv/bin/pip show onnxruntime >/dev/null 2>&1; then \
+      echo "the CPU onnxruntime got into the GPU image" >&2; exit 1; fi
+# The numba functions that rembg's import compiles, cached for any x86-64 CPU (see entrypoint.sh).
+RUN NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=/opt/numba-cache /opt/venv/bin/python -c 'import rembg'
+
+FROM python AS deps-cpu
+COPY requirements/image-cpu.lock /tmp/requirements.lock
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock
+# The numba functions that rembg's import compiles, cached for any x86-64 CPU (see entrypoint.sh).
+RUN NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=/opt/numba-cache /opt/venv/bin/python -c 'import rembg'
+
+# ---------------------------------------------------------------------------------------------
+# model: the weights, fetched by the worker's own stdlib-only module (md5-checked), so that a
+# task never downloads anything at start. Only that module is copied: other code changes keep it.
+FROM python AS model
+ARG MODEL_NAME=u2netp
+RUN python3 -m venv /opt/fetch
+COPY worker/models.py /opt/fetch/models.py
+RUN /opt/fetch/bin/python -c 'import sys; from pathlib import Path; sys.path.insert(0, "/opt/fetch"); from models import fetch_model; print(fetch_model(Path("/opt/models"), sys.argv[1]))' "$MODEL_NAME"
+
+# ---------------------------------------------------------------------------------------------
+# code: the project itself, built offline with locked build tools and installed under /opt/code
+# in the layout of a venv at /opt/venv (scripts say #!/opt/venv/bin/python3); merged below.
+FROM python AS code
+COPY requirements/image-build.lock /tmp/build.lock
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/build.lock
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY api_client ./api_client
-# The gpu extra brings onnxruntime-gpu; the pin keeps it on the CUDA 12 / cuDNN 9 line above.
-# The CPU `onnxruntime` wheel must never be installed next to it (both own the same module).
-# DL3013: `.` is this repository's own package (its dependency ranges live in pyproject.toml);
-# the one version that decides whether the GPU works, onnxruntime-gpu, is pinned right here.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[gpu]" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
- && if pip show onnxruntime >/dev/null 2>&1; then echo "CPU onnxruntime got installed" >&2; exit 1; fi
-# Weights are baked in (md5-checked by the command): a task never downloads anything at start.
-RUN image-worker models fetch "${MODEL_NAME}"
+# --no-deps --no-index: the dependencies are in the runtime venv already, from the lock.
+RUN /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation --prefix /opt/code . \
+ && /opt/venv/bin/python -m compileall -q /opt/code
 
 # ---------------------------------------------------------------------------------------------
-# runtime: the same CUDA/cuDNN base, Python, tini, the venv and the weights; no build tools.
-FROM ${CUDA_IMAGE} AS runtime
+# runtime: Python, tini and a non-root user; no compilers, no pip cache. cpu/gpu add the venv
+# of their lock, the weights, then the code.
+FROM ${BASE_IMAGE} AS runtime
 ARG MODEL_NAME=u2netp
 LABEL org.opencontainers.image.title="image-worker" \
-      org.opencontainers.image.description="GPU background-removal worker (SQS -> S3 -> rembg -> S3)"
+      org.opencontainers.image.description="Background-removal worker (SQS -> S3 -> rembg -> S3)"
 ENV DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# DL3008: as in the build stage, the base image tag is the pin (Ubuntu drops superseded builds).
+# DL3008: as in the python stage, the base image tag is the pin (Debian drops superseded builds).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 tini ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/worker \
       --shell /usr/sbin/nologin worker
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /opt/models /opt/models
+COPY deploy/image/entrypoint.sh /usr/local/bin/image-worker-entrypoint
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/worker \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
+    NUMBA_CPU_NAME=generic \
     U2NET_HOME=/opt/models \
     MODEL_NAME=${MODEL_NAME} \
-    EXECUTION_PROVIDER=cuda \
-    REQUIRE_GPU=true \
     LOG_FORMAT=json \
     METRICS_PORT=9100
 WORKDIR /home/worker
@@ -85,8 +113,28 @@ EXPOSE 9100
 # The same command as the ECS container health check: /healthz on the metrics port.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["image-worker", "healthcheck"]
-# PID 1 is tini: it reaps zombies and forwards SIGTERM/SIGINT to image-worker, whose own handler
-# drains in-flight jobs within DRAIN_SECONDS (second signal: exit at once). `docker run --init`
-# is therefore not needed (it would only add a second init).
-ENTRYPOINT ["/usr/bin/tini", "--", "image-worker"]
+# PID 1 is tini: it reaps zombies and forwards SIGTERM/SIGINT to image-worker (the entrypoint
+# script seeds numba's cache and execs it), whose own handler drains in-flight jobs within
+# DRAIN_SECONDS (second signal: exit at once). `docker run --init` is therefore not needed.
+ENTRYPOINT ["/usr/bin/tini", "--", "image-worker-entrypoint"]
 CMD ["run"]
+
+# ---------------------------------------------------------------------------------------------
+# cpu: plain onnxruntime (e.g. for a Fargate service); `--target cpu`.
+FROM runtime AS cpu
+COPY --from=deps-cpu /opt/venv /opt/venv
+COPY --from=deps-cpu /opt/numba-cache /opt/numba-cache
+COPY --from=model /opt/models /opt/models
+COPY --from=code /opt/code /opt/venv
+ENV EXECUTION_PROVIDER=cpu \
+    REQUIRE_GPU=false
+
+# ---------------------------------------------------------------------------------------------
+# gpu (last, so the default target): onnxruntime-gpu with the CUDA/cuDNN wheels.
+FROM runtime AS gpu
+COPY --from=deps-gpu /opt/venv /opt/venv
+COPY --from=deps-gpu /opt/numba-cache /opt/numba-cache
+COPY --from=model /opt/models /opt/models
+COPY --from=code /opt/code /opt/venv
+ENV EXECUTION_PROVIDER=cuda \
+    REQUIRE_GPU=true

@@ -7,7 +7,8 @@ export U2NET_HOME ?= $(CURDIR)/.models
 MODEL ?= u2netp
 PYTEST_ARGS ?=
 
-.PHONY: install model system-deps tools dev test lint typecheck bench clean
+.PHONY: install model system-deps tools dev test lint typecheck bench clean \
+	container-tools base-image image image-cpu lock
 
 $(BIN)/image-worker: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +39,8 @@ $(CHECKOV):
 dev: install
 	$(BIN)/python -m devstack
 
-## The whole test suite (what .ci/run calls).
-test: install system-deps tools
+## The whole test suite (what .ci/run calls). tests/test_image.py builds and runs the image.
+test: install system-deps tools container-tools base-image
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/image-worker
@@ -48,6 +49,48 @@ lint: $(BIN)/image-worker
 
 typecheck: $(BIN)/image-worker
 	$(BIN)/mypy
+
+# ---- the container image (docs/deploy.md, "The image") --------------------------------------
+IMAGE ?= localhost/image-worker:latest
+BASE_IMAGE := $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+CONTAINERS_CONF := /etc/containers/containers.conf.d/50-image-worker.conf
+
+# Debian's podman, with the two settings it needs on these hosts (deploy/image/containers.conf).
+container-tools:
+	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null || { \
+	  echo "installing Debian's podman, runc and mmdebstrap"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    podman runc mmdebstrap >/dev/null; }
+	@cmp -s deploy/image/containers.conf $(CONTAINERS_CONF) || { \
+	  echo "installing $(CONTAINERS_CONF)"; install -D -m 0644 deploy/image/containers.conf $(CONTAINERS_CONF); }
+
+# The Dockerfile's FROM image: kept if local (pulled or made before), else made from Debian packages.
+base-image: container-tools
+	deploy/image/make-base.sh $(BASE_IMAGE)
+
+## The shipped (GPU) image, built from the lock files without a registry.
+image: base-image
+	deploy/image/build.sh gpu $(IMAGE)
+
+image-cpu: base-image
+	deploy/image/build.sh cpu $(IMAGE:latest=cpu)
+
+# Lock files of the image (hashes for every file): regenerate after changing pyproject.toml's
+# dependencies or the extras below; `make lock LOCK_ARGS=--upgrade` moves every pin forward.
+# Linux x86_64, Python 3.11: the image's Debian python3, not this host's.
+UV := .tools/uv/bin/uv
+IMAGE_EXTRAS_gpu := gpu
+IMAGE_EXTRAS_cpu := cpu
+LOCK_ARGS ?=
+LOCK := $(UV) pip compile --quiet --native-tls --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(LOCK_ARGS)
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/pip install -q uv
+lock: $(UV)
+	$(LOCK) pyproject.toml requirements/image-gpu.in $(IMAGE_EXTRAS_gpu:%=--extra %) -o requirements/image-gpu.lock
+	$(LOCK) pyproject.toml $(IMAGE_EXTRAS_cpu:%=--extra %) -o requirements/image-cpu.lock
+	$(LOCK) requirements/image-build.in -o requirements/image-build.lock
 
 bench: install
 	$(BIN)/python bench/throughput.py
