@@ -14,50 +14,59 @@
 # Without usable CUDA/cuDNN, ONNX Runtime silently falls back to the CPU, which REQUIRE_GPU=true
 # (set below) turns into a refused start with a clear message and exit code 3.
 #
-# Layers go from rarely to often changed: Python -> locked dependencies -> model weights -> the
-# project's own code, so a code change rebuilds one thin layer. Each stage below builds only
-# when the target needs it (BuildKit, and podman/buildah's default --skip-unused-stages).
+# Layers go from rarely to often changed: Debian packages -> locked dependencies -> model
+# weights -> the project's own code, so a code change rebuilds one thin layer. The dependencies
+# are installed in the final stage itself (not copied from another stage), so that a cached
+# build never hashes their 4 GB to look up a COPY. Each stage builds only when the target needs
+# it (BuildKit, and podman/buildah's default --skip-unused-stages).
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
-# python: Debian's Python (3.11 on bookworm) with venv support, for the build stages.
-FROM ${BASE_IMAGE} AS python
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+# base: Debian's Python (3.11 on bookworm) with venv support, tini and the non-root user, plus
+# everything about the container that does not depend on the variant.
+FROM ${BASE_IMAGE} AS base
+ARG MODEL_NAME=u2netp
+LABEL org.opencontainers.image.title="image-worker" \
+      org.opencontainers.image.description="Background-removal worker (SQS -> S3 -> rembg -> S3)"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # DL3008: Debian's archive keeps only the newest build of a package, so an exact `=version` pin
 # breaks the build at the next security update; the base image tag is the pin that matters.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
-
-# ---------------------------------------------------------------------------------------------
-# deps-*: a virtual environment with exactly one lock file (every file checked by its hash);
-# `make lock` regenerates the locks from pyproject.toml.
-FROM python AS deps-gpu
-COPY requirements/image-gpu.lock /tmp/requirements.lock
-# onnxruntime (CPU) and onnxruntime-gpu own the same module: the GPU image holds only the latter.
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
- && if /opt/venv/bin/pip show onnxruntime >/dev/null 2>&1; then \
-      echo "the CPU onnxruntime got into the GPU image" >&2; exit 1; fi
-# The numba functions that rembg's import compiles, cached for any x86-64 CPU (see entrypoint.sh).
-RUN NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=/opt/numba-cache /opt/venv/bin/python -c 'import rembg'
-
-FROM python AS deps-cpu
-COPY requirements/image-cpu.lock /tmp/requirements.lock
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock
-# The numba functions that rembg's import compiles, cached for any x86-64 CPU (see entrypoint.sh).
-RUN NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=/opt/numba-cache /opt/venv/bin/python -c 'import rembg'
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv tini ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --create-home --home-dir /home/worker \
+      --shell /usr/sbin/nologin worker
+COPY deploy/image/entrypoint.sh /usr/local/bin/image-worker-entrypoint
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/worker \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    NUMBA_CPU_NAME=generic \
+    U2NET_HOME=/opt/models \
+    MODEL_NAME=${MODEL_NAME} \
+    LOG_FORMAT=json \
+    METRICS_PORT=9100
+WORKDIR /home/worker
+EXPOSE 9100
+# The same command as the ECS container health check: /healthz on the metrics port.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["image-worker", "healthcheck"]
+# PID 1 is tini: it reaps zombies and forwards SIGTERM/SIGINT to image-worker (the entrypoint
+# script seeds numba's cache and execs it), whose own handler drains in-flight jobs within
+# DRAIN_SECONDS (second signal: exit at once). `docker run --init` is therefore not needed.
+ENTRYPOINT ["/usr/bin/tini", "--", "image-worker-entrypoint"]
+CMD ["run"]
 
 # ---------------------------------------------------------------------------------------------
 # model: the weights, fetched by the worker's own stdlib-only module (md5-checked), so that a
 # task never downloads anything at start. Only that module is copied: other code changes keep it.
-FROM python AS model
+FROM base AS model
 ARG MODEL_NAME=u2netp
 RUN python3 -m venv /opt/fetch
 COPY worker/models.py /opt/fetch/models.py
@@ -66,7 +75,7 @@ RUN /opt/fetch/bin/python -c 'import sys; from pathlib import Path; sys.path.ins
 # ---------------------------------------------------------------------------------------------
 # code: the project itself, built offline with locked build tools and installed under /opt/code
 # in the layout of a venv at /opt/venv (scripts say #!/opt/venv/bin/python3); merged below.
-FROM python AS code
+FROM base AS code
 COPY requirements/image-build.lock /tmp/build.lock
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/build.lock
@@ -79,62 +88,35 @@ RUN /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation --prefix
  && /opt/venv/bin/python -m compileall -q /opt/code
 
 # ---------------------------------------------------------------------------------------------
-# runtime: Python, tini and a non-root user; no compilers, no pip cache. cpu/gpu add the venv
-# of their lock, the weights, then the code.
-FROM ${BASE_IMAGE} AS runtime
-ARG MODEL_NAME=u2netp
-LABEL org.opencontainers.image.title="image-worker" \
-      org.opencontainers.image.description="Background-removal worker (SQS -> S3 -> rembg -> S3)"
-ENV DEBIAN_FRONTEND=noninteractive
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# DL3008: as in the python stage, the base image tag is the pin (Debian drops superseded builds).
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 tini ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --create-home --home-dir /home/worker \
-      --shell /usr/sbin/nologin worker
-COPY deploy/image/entrypoint.sh /usr/local/bin/image-worker-entrypoint
-ENV VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/worker \
-    NUMBA_CACHE_DIR=/tmp/numba-cache \
-    NUMBA_CPU_NAME=generic \
-    U2NET_HOME=/opt/models \
-    MODEL_NAME=${MODEL_NAME} \
-    LOG_FORMAT=json \
-    METRICS_PORT=9100
-WORKDIR /home/worker
-# Numeric (uid 10001 = `worker`): a runtime can see it is not root without reading /etc/passwd.
-USER 10001:10001
-EXPOSE 9100
-# The same command as the ECS container health check: /healthz on the metrics port.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["image-worker", "healthcheck"]
-# PID 1 is tini: it reaps zombies and forwards SIGTERM/SIGINT to image-worker (the entrypoint
-# script seeds numba's cache and execs it), whose own handler drains in-flight jobs within
-# DRAIN_SECONDS (second signal: exit at once). `docker run --init` is therefore not needed.
-ENTRYPOINT ["/usr/bin/tini", "--", "image-worker-entrypoint"]
-CMD ["run"]
-
-# ---------------------------------------------------------------------------------------------
 # cpu: plain onnxruntime (e.g. for a Fargate service); `--target cpu`.
-FROM runtime AS cpu
-COPY --from=deps-cpu /opt/venv /opt/venv
-COPY --from=deps-cpu /opt/numba-cache /opt/numba-cache
+FROM base AS cpu
+COPY requirements/image-cpu.lock /tmp/requirements.lock
+# Exactly the lock file, every file checked by its hash (`make lock` regenerates it).
+RUN python3 -m venv /opt/venv \
+ && pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+ && rm /tmp/requirements.lock
+# The numba functions that rembg's import compiles, cached for any x86-64 CPU (entrypoint.sh).
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -c 'import rembg'
 COPY --from=model /opt/models /opt/models
 COPY --from=code /opt/code /opt/venv
 ENV EXECUTION_PROVIDER=cpu \
     REQUIRE_GPU=false
+# Numeric (uid 10001 = `worker`): a runtime can see it is not root without reading /etc/passwd.
+USER 10001:10001
 
 # ---------------------------------------------------------------------------------------------
 # gpu (last, so the default target): onnxruntime-gpu with the CUDA/cuDNN wheels.
-FROM runtime AS gpu
-COPY --from=deps-gpu /opt/venv /opt/venv
-COPY --from=deps-gpu /opt/numba-cache /opt/numba-cache
+FROM base AS gpu
+COPY requirements/image-gpu.lock /tmp/requirements.lock
+# As in cpu. onnxruntime (CPU) and onnxruntime-gpu own the same module: only the latter here.
+RUN python3 -m venv /opt/venv \
+ && pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+ && rm /tmp/requirements.lock \
+ && if pip show onnxruntime >/dev/null 2>&1; then \
+      echo "the CPU onnxruntime got into the GPU image" >&2; exit 1; fi
+RUN NUMBA_CACHE_DIR=/opt/numba-cache python -c 'import rembg'
 COPY --from=model /opt/models /opt/models
 COPY --from=code /opt/code /opt/venv
 ENV EXECUTION_PROVIDER=cuda \
     REQUIRE_GPU=true
+USER 10001:10001

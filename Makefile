@@ -39,8 +39,8 @@ $(CHECKOV):
 dev: install
 	$(BIN)/python -m devstack
 
-## The whole test suite (what .ci/run calls). tests/test_image.py builds and runs the image.
-test: install system-deps tools container-tools base-image
+## The whole test suite (what .ci/run calls); tests/test_image.py runs the image built here.
+test: install system-deps tools image
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/image-worker

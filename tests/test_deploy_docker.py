@@ -1,17 +1,20 @@
-"""The GPU image: hadolint finds nothing (each ignore justified inline), and the Dockerfile keeps
-the promises the deployment relies on (no Docker engine is needed for these checks)."""
+"""The image's Dockerfile and lock files, statically: hadolint finds nothing (each ignore justified
+inline), and they keep the promises the deployment relies on. tests/test_image.py builds and runs
+the image itself."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
+PYPROJECT = REPO / "pyproject.toml"
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
@@ -28,14 +31,39 @@ def instructions() -> list[tuple[str, str]]:
     return result
 
 
-def env_values() -> dict[str, str]:
-    """ENV of the final stage."""
-    stages = [i for i, (keyword, _) in enumerate(instructions()) if keyword == "FROM"]
+def stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """{stage name: (what it is FROM, its instructions)} in file order; the last is the default."""
+    found: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, rest in instructions():
+        if keyword == "FROM":
+            parent, _, name = rest.partition(" AS ")
+            current = []
+            found[name.strip()] = (parent.strip(), current)
+        elif found:
+            current.append((keyword, rest))
+    return found
+
+
+def stage_chain(target: str) -> list[tuple[str, str]]:
+    """Instructions in effect for `target`: its parents' (stages of this file) first."""
+    all_stages = stages()
+    parent, own = all_stages[target]
+    inherited = stage_chain(parent) if parent in all_stages else []
+    return inherited + own
+
+
+def env_values(target: str = "gpu") -> dict[str, str]:
     values: dict[str, str] = {}
-    for keyword, rest in instructions()[stages[-1] :]:
+    for keyword, rest in stage_chain(target):
         if keyword == "ENV":
             values.update(dict(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", rest)))
     return values
+
+
+def lock_pins(variant: str) -> dict[str, str]:
+    text = (REPO / "requirements" / f"image-{variant}.lock").read_text()
+    return dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", text, flags=re.MULTILINE))
 
 
 def test_hadolint_reports_nothing() -> None:
@@ -54,7 +82,7 @@ def test_hadolint_reports_nothing() -> None:
 def test_every_hadolint_ignore_is_justified_inline() -> None:
     lines = DOCKERFILE.read_text().splitlines()
     ignores = [(n, line) for n, line in enumerate(lines) if "hadolint ignore=" in line]
-    assert ignores, "expected the justified ignores (DL3008 apt pins, DL3013 local package)"
+    assert ignores, "expected the justified ignores (DL3008 apt pins)"
     for number, line in ignores:
         codes = re.findall(r"DL\d{4}|SC\d{4}", line.split("ignore=", 1)[1])
         comments = []
@@ -69,36 +97,85 @@ def test_every_hadolint_ignore_is_justified_inline() -> None:
             )
 
 
-def test_multi_stage_cuda_cudnn_base_matching_the_onnxruntime_gpu_pin() -> None:
-    text = DOCKERFILE.read_text()
-    froms = [rest for keyword, rest in instructions() if keyword == "FROM"]
-    assert len(froms) >= 2, froms
-    assert all("${CUDA_IMAGE}" in rest for rest in froms), froms
-    base = re.search(r"ARG CUDA_IMAGE=(\S+)", text)
-    pin = re.search(r"ARG ONNXRUNTIME_GPU_VERSION=(\S+)", text)
+def test_debian_slim_base_with_cuda_and_cudnn_from_locked_wheels() -> None:
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE.read_text(), flags=re.MULTILINE)
     assert base
-    assert pin
-    # onnxruntime-gpu 1.19+ on PyPI: CUDA 12.x + cuDNN 9; the base must carry both.
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base.group(1))
-    assert re.fullmatch(r"1\.(19|2[0-3])\.\d+", pin.group(1)), "re-check the CUDA pairing"
-    assert '".[gpu]"' in text
-    assert "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in text
+    # The official Debian slim image, which deploy/image/make-base.sh can also make locally.
+    assert re.fullmatch(r"docker\.io/library/debian:[a-z]+-slim", base.group(1))
+    assert next(parent for parent, _ in stages().values()) == "${BASE_IMAGE}"
+    assert list(stages())[-1] == "gpu", "the GPU image must be the default (last) target"
+    gpu = lock_pins("gpu")
+    # onnxruntime-gpu 1.19-1.23 on PyPI: CUDA 12.x + cuDNN 9; the wheels must be that pair.
+    assert re.fullmatch(r"1\.(19|2[0-3])\.\d+", gpu["onnxruntime-gpu"]), "re-check the CUDA pairing"
+    assert gpu["nvidia-cudnn-cu12"].startswith("9.")
+    for library in ("cuda-runtime", "cublas", "cufft", "curand"):
+        assert f"nvidia-{library}-cu12" in gpu, library
+    assert "onnxruntime" not in gpu, "the CPU wheel would shadow onnxruntime-gpu's module"
+    cpu = lock_pins("cpu")
+    assert "onnxruntime" in cpu
+    assert not [name for name in cpu if name.startswith(("nvidia-", "onnxruntime-gpu"))]
     docs = (REPO / "docs" / "deploy.md").read_text()
-    assert base.group(1) in docs, "document the pairing in docs/deploy.md"
-    assert pin.group(1) in docs, "document the pairing in docs/deploy.md"
+    assert base.group(1) in docs, "document the base in docs/deploy.md"
+    assert gpu["onnxruntime-gpu"] in docs, "document the pairing in docs/deploy.md"
 
 
-def test_model_is_baked_in_and_the_runtime_is_non_root_and_gpu_only() -> None:
+def test_locks_pin_every_dependency_with_hashes_and_the_image_installs_only_them() -> None:
+    declared = re.findall(
+        r'^\s+"([A-Za-z0-9][A-Za-z0-9._-]*)',
+        PYPROJECT.read_text().split("dependencies = [", 1)[1].split("]", 1)[0],
+        flags=re.MULTILINE,
+    )
+    assert declared
+    for variant in ("gpu", "cpu", "build"):
+        text = (REPO / "requirements" / f"image-{variant}.lock").read_text()
+        entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2].strip())
+        for entry in entries:
+            if entry.startswith("#"):
+                continue
+            assert re.match(r"[a-z0-9][a-z0-9._-]*(\[[a-z,]+\])?==\S+ \\", entry), entry
+            assert "--hash=sha256:" in entry, f"{variant}: no hash for {entry.splitlines()[0]}"
+        if variant != "build":
+            pins = lock_pins(variant)
+            missing = [n for n in declared if n.lower().replace("_", "-") not in pins]
+            assert not missing, f"image-{variant}.lock lacks {missing}: run `make lock`"
+    for target, lock in (("gpu", "image-gpu.lock"), ("cpu", "image-cpu.lock")):
+        chain = stage_chain(target)
+        assert ("COPY", f"requirements/{lock} /tmp/requirements.lock") in chain
+        installs = [rest for keyword, rest in chain if keyword == "RUN" and "pip install" in rest]
+        assert installs
+        assert all("--require-hashes" in rest or "--no-index" in rest for rest in installs)
+
+
+def test_layers_go_deps_then_model_then_code() -> None:
+    for target in ("gpu", "cpu"):
+        own = stages()[target][1]
+        order = [
+            next(i for i, (_, rest) in enumerate(own) if marker in rest)
+            for marker in ("--require-hashes", "--from=model", "--from=code")
+        ]
+        assert order == sorted(order), f"{target}: deps -> model -> code"
+        assert not [rest for keyword, rest in own if keyword == "COPY" and "--from" not in rest
+                    and "requirements" not in rest]  # fmt: skip
+    model_stage = stages()["model"][1]
+    assert [rest for keyword, rest in model_stage if keyword == "COPY"] == [
+        "worker/models.py /opt/fetch/models.py"
+    ], "the model layer must not depend on the rest of the code"
+
+
+def test_model_is_baked_in_and_the_runtime_is_non_root() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"RUN image-worker models fetch", text)
-    assert "COPY --from=build /opt/models /opt/models" in text
-    env = env_values()
+    assert re.search(r"from models import fetch_model", text)
+    env = env_values("gpu")
     assert env["U2NET_HOME"] == "/opt/models"
     assert env["REQUIRE_GPU"] == "true"
+    assert env["EXECUTION_PROVIDER"] == "cuda"
     assert env["LOG_FORMAT"] == "json"
-    users = [rest for keyword, rest in instructions() if keyword == "USER"]
-    assert users
-    assert users[-1].split(":")[0] not in ("root", "0")
+    assert env_values("cpu")["REQUIRE_GPU"] == "false"
+    for target in ("gpu", "cpu"):
+        assert ("COPY", "--from=model /opt/models /opt/models") in stages()[target][1]
+        users = [rest for keyword, rest in stage_chain(target) if keyword == "USER"]
+        assert users
+        assert users[-1].split(":")[0] not in ("root", "0")
 
 
 def test_image_env_names_are_worker_settings() -> None:
@@ -106,29 +183,38 @@ def test_image_env_names_are_worker_settings() -> None:
     settings = set(re.findall(r"reader\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", source)) | {"U2NET_HOME"}
     system = {
         "PATH", "HOME", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
-        "NUMBA_CACHE_DIR", "DEBIAN_FRONTEND",
+        "NUMBA_CACHE_DIR", "NUMBA_CPU_NAME", "DEBIAN_FRONTEND", "PIP_NO_CACHE_DIR",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
     }  # fmt: skip
-    unknown = set(env_values()) - settings - system
+    unknown = (set(env_values("gpu")) | set(env_values("cpu"))) - settings - system
     assert not unknown, f"ENV names the worker does not read: {sorted(unknown)}"
 
 
 def test_exec_form_entrypoint_with_an_init_and_healthcheck() -> None:
-    found = dict(instructions())
-    assert found["ENTRYPOINT"] == '["/usr/bin/tini", "--", "image-worker"]'
+    found = dict(stage_chain("gpu"))
+    assert found["ENTRYPOINT"] == '["/usr/bin/tini", "--", "image-worker-entrypoint"]'
     assert found["CMD"] == '["run"]'
     assert re.search(r'CMD \["image-worker", "healthcheck"\]$', found["HEALTHCHECK"])
+    script = (REPO / "deploy" / "image" / "entrypoint.sh").read_text().strip().splitlines()
+    assert script[-1] == 'exec image-worker "$@"', "tini's signals must reach the worker itself"
 
 
-def test_dockerignore_keeps_the_context_to_the_package() -> None:
+def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
     lines = [
         line.strip()
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert lines[0] == "*", "deny by default (.venv, .models, .git, out/ stay out)"
-    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    included = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
     copied: set[str] = set()
     for keyword, rest in instructions():
         if keyword == "COPY" and "--from" not in rest:
             copied.update(part.rstrip("/") for part in rest.split()[:-1])
-    assert copied <= included, f"COPY sources excluded from the context: {copied - included}"
+    copied = {re.sub(r"\$\{?\w+\}?", "*", path) for path in copied}
+    excluded = {
+        path
+        for path in copied
+        if not any(fnmatch(path, pattern) or path.startswith(pattern + "/") for pattern in included)
+    }
+    assert not excluded, f"COPY sources excluded from the context: {excluded}"

@@ -39,6 +39,12 @@ if [[ ${#sources[@]} -eq 0 ]]; then
            "deb http://deb.debian.org/debian-security $suite-security main")
 fi
 
+# A host whose apt reads a dated snapshot mirror turns Valid-Until off; the base then must too.
+aptopts=()
+if apt-config dump 2>/dev/null | grep -q '^Acquire::Check-Valid-Until "false";'; then
+  aptopts+=(--aptopt='Acquire::Check-Valid-Until "false"')
+fi
+
 hooks=()
 shopt -s nullglob
 extra_certs=(/usr/local/share/ca-certificates/*.crt)
@@ -56,8 +62,7 @@ mmdebstrap --variant=minbase --include=ca-certificates \
   --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
-  --aptopt='Acquire::Check-Valid-Until "false"' \
-  "${hooks[@]}" \
+  "${aptopts[@]}" "${hooks[@]}" \
   "$suite" - "${sources[@]}" \
   | podman import --change 'CMD ["bash"]' - "$image"
 podman image exists "$image"
