@@ -56,11 +56,14 @@ BASE_IMAGE := $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 CONTAINERS_CONF := /etc/containers/containers.conf.d/50-image-worker.conf
 
 # Debian's podman, with the two settings it needs on these hosts (deploy/image/containers.conf).
+# containernetworking-plugins: the network of RUN steps (only a Recommends of podman).
+CONTAINER_PACKAGES := podman runc containernetworking-plugins mmdebstrap
 container-tools:
-	@command -v podman >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null || { \
-	  echo "installing Debian's podman, runc and mmdebstrap"; \
+	@dpkg-query -W -f='$${Status}\n' $(CONTAINER_PACKAGES) 2>/dev/null | grep -c '^install ok installed' \
+	  | grep -qx $(words $(CONTAINER_PACKAGES)) || { \
+	  echo "installing Debian's $(CONTAINER_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    podman runc mmdebstrap >/dev/null; }
+	    $(CONTAINER_PACKAGES) >/dev/null; }
 	@cmp -s deploy/image/containers.conf $(CONTAINERS_CONF) || { \
 	  echo "installing $(CONTAINERS_CONF)"; install -D -m 0644 deploy/image/containers.conf $(CONTAINERS_CONF); }
 
