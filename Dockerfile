@@ -69,8 +69,8 @@ CMD ["run"]
 FROM base AS model
 ARG MODEL_NAME=u2netp
 RUN python3 -m venv /opt/fetch
-COPY worker/models.py /opt/fetch/models.py
-RUN /opt/fetch/bin/python -c 'import sys; from pathlib import Path; sys.path.insert(0, "/opt/fetch"); from models import fetch_model; print(fetch_model(Path("/opt/models"), sys.argv[1]))' "$MODEL_NAME"
+COPY worker/weights.py /opt/fetch/weights.py
+RUN /opt/fetch/bin/python -c 'import sys; from pathlib import Path; sys.path.insert(0, "/opt/fetch"); from weights import fetch_model; print(fetch_model(Path("/opt/models"), sys.argv[1]))' "$MODEL_NAME"
 
 # ---------------------------------------------------------------------------------------------
 # code: the project itself, built offline with locked build tools and installed under /opt/code
@@ -81,6 +81,7 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r /tmp/build.lock
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY jobcore ./jobcore
 COPY worker ./worker
 COPY api_client ./api_client
 # --no-deps --no-index: the dependencies are in the runtime venv already, from the lock.

@@ -82,8 +82,8 @@ image-cpu: base-image
 # dependencies or the extras below; `make lock LOCK_ARGS=--upgrade` moves every pin forward.
 # Linux x86_64, Python 3.11: the image's Debian python3, not this host's.
 UV := .tools/uv/bin/uv
-IMAGE_EXTRAS_gpu := gpu
-IMAGE_EXTRAS_cpu := cpu
+IMAGE_EXTRAS_gpu := worker gpu
+IMAGE_EXTRAS_cpu := worker cpu
 LOCK_ARGS ?=
 LOCK := $(UV) pip compile --quiet --native-tls --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(LOCK_ARGS)

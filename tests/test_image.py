@@ -24,13 +24,13 @@ import aiohttp
 import pytest
 
 from api_client.client import JobClient
+from devstack.stack import FAKE_CREDENTIALS
+from jobcore.jobs import JobStatus
 from tests.conftest import Aws, worker_env
 from tests.faults import FaultProxy
 from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
 from tests.test_delivery_retries import large_photo
 from tests.test_delivery_shutdown import free_port
-from worker.devstack import FAKE_CREDENTIALS
-from worker.jobs import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/image-worker:latest"  # the tag `make image` gives it

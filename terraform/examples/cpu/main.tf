@@ -1,6 +1,6 @@
 # The CPU service: the same module on Fargate, for a catalogue that imports a few hundred books a
 # day (docs/deploy.md compares the cost). Build and push the CPU image first:
-#   docker build --build-arg VARIANT=cpu -t "$REPO:$(git rev-parse --short=12 HEAD)-cpu" .
+#   docker build --target cpu -t "$REPO:$(git rev-parse --short=12 HEAD)-cpu" .
 #
 #   cd terraform/examples/cpu
 #   terraform init
