@@ -95,10 +95,10 @@ def test_the_task_runs_image_jobs_sweep_with_the_cpu_image_and_the_database_secr
     assert task["task_role_arn"] == "${aws_iam_role.recovery[0].arn}"
     assert task["container_definitions"] == "${jsonencode([local.recovery_container])}"
     worker = container(module)
-    # The image's ENTRYPOINT is tini -> image-worker: replaced, tini kept as PID 1.
+    # The image's ENTRYPOINT is tini -> image-worker(-entrypoint): replaced, tini kept as PID 1.
     assert worker["entryPoint"] == ["/usr/bin/tini", "--", "image-jobs"]
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "image-worker"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "image-worker-entrypoint"]' in dockerfile
     assert worker["command"] == ["sweep", "--emf"]
     assert worker["readonlyRootFilesystem"] is True
     assert worker["secrets"] == "${local.database_secrets}"
