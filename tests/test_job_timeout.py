@@ -200,3 +200,24 @@ def test_stuck_runs_fail_health_when_none_is_left_free_or_one_runs_too_long() ->
     finally:
         release.set()
         pool.shutdown(wait=True)
+
+
+async def test_stopping_does_not_wait_for_a_model_run_that_cannot_be_stopped(
+    start_worker: StartWorker,
+) -> None:
+    worker = await start_worker(INFERENCE_THREADS="1", DRAIN_SECONDS="2")
+    model = worker.app.model
+    assert model is not None
+    release = threading.Event()
+    held = model.executor.submit(release.wait, 120)
+    try:
+        started = time.monotonic()
+        await worker.stop()
+        # Closed without joining the held thread (a normal exit would wait up to 120 s for it);
+        # `image-worker run` then leaves with os._exit.
+        assert time.monotonic() - started < 30
+        assert model.abandoned_runs == 1
+        assert not held.done()
+    finally:
+        release.set()
+        held.result(timeout=10)

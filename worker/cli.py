@@ -96,6 +96,15 @@ def _run() -> int:
             reason = f"a dependency is unreachable: {type(exc).__name__}: {exc}"
             structlog.get_logger("worker").error("cannot start", reason=reason)
             return EXIT_START_FAILED
+        if app.model is not None and app.model.abandoned_runs:
+            # Everything is closed; only threads stuck inside ONNX Runtime remain, and a normal
+            # exit would join them (forever, or until ECS's SIGKILL).
+            structlog.get_logger("worker").warning(
+                "exiting without the stuck model runs", runs=app.model.abandoned_runs
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         return 0
 
     return asyncio.run(serve())

@@ -151,6 +151,7 @@ class ModelRunner:
         self.model_name = model_name
         self.metrics = metrics or WorkerMetrics()
         self.executor = TimedThreadPool(max_workers=threads, thread_name_prefix="inference")
+        self.abandoned_runs = 0
         self.load_seconds = 0.0
         self.batcher: MicroBatcher | None = None
         self.overlap_session: Any = None
@@ -300,4 +301,10 @@ class ModelRunner:
         return output, time.perf_counter() - started
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """After the drain, a run still going belongs to a job that was given up or cancelled, and
+        ONNX Runtime cannot stop it: do not wait for it (`abandoned_runs` tells the caller, which
+        must then leave with os._exit, since interpreter exit joins pool threads)."""
+        self.abandoned_runs = len(self.executor.running_longer_than(0))
+        if self.abandoned_runs:
+            log.warning("model runs still going at close; not waiting", runs=self.abandoned_runs)
+        self.executor.shutdown(wait=not self.abandoned_runs, cancel_futures=True)
