@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hcl2
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's deploy package
+
+from deploy.terraform_hcl import parse_hcl  # noqa: E402
+
 # The last commit with the policy before the item-3 fix (visible / RUNNING tasks; +1 from zero)
 # and 60-minute renewed task protection (item 2).
 BEFORE_REF = "0197c11"
@@ -47,32 +49,6 @@ MINUTE = 60
 # ---------------------------------------------------------------------------------------------
 # Reading Terraform
 # ---------------------------------------------------------------------------------------------
-def _unquote(value: Any) -> Any:
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def _normalise(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            _unquote(k): _normalise(v)
-            for k, v in node.items()
-            if not (isinstance(k, str) and k.startswith("__"))
-        }
-    if isinstance(node, list):
-        return [_normalise(item) for item in node]
-    return _unquote(node)
-
-
-def parse_hcl(text: str) -> dict[str, Any]:
-    options = hcl2.utils.SerializationOptions(
-        with_comments=False, explicit_blocks=False, strip_string_quotes=True
-    )
-    result: dict[str, Any] = _normalise(hcl2.loads(text, serialization_options=options))
-    return result
-
-
 def read_file(name: str, ref: str | None) -> str:
     """terraform/<name> in the working tree (ref None) or at a git commit."""
     if ref is None:

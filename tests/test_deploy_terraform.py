@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pytest
+
+from deploy.terraform_hcl import load_hcl
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -30,38 +31,6 @@ DEPLOY_TEMPLATES = [
 # ---------------------------------------------------------------------------------------------
 # Reading HCL
 # ---------------------------------------------------------------------------------------------
-def _unquote(value: Any) -> Any:
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def _normalise(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            _unquote(key): _normalise(value)
-            for key, value in node.items()
-            if not (isinstance(key, str) and key.startswith("__"))
-        }
-    if isinstance(node, list):
-        return [_normalise(item) for item in node]
-    return _unquote(node)
-
-
-def load_hcl(path: Path) -> dict[str, Any]:
-    options_class = getattr(getattr(hcl2, "utils", None), "SerializationOptions", None)
-    with path.open() as handle:
-        if options_class is not None:
-            options = options_class(
-                with_comments=False, explicit_blocks=False, strip_string_quotes=True
-            )
-            data = hcl2.load(handle, serialization_options=options)
-        else:  # python-hcl2 < 7
-            data = hcl2.load(handle)
-    result: dict[str, Any] = _normalise(data)
-    return result
-
-
 class Module:
     """All .tf files of one directory, indexed: resources[type][name], data, locals, variables."""
 
