@@ -337,6 +337,14 @@ async def test_an_idempotency_key_of_a_bad_length_is_refused(producer: JobClient
             await producer.create_job("sources/a.jpg", idempotency_key=key)
 
 
+async def backends_waiting_on_a_lock(db: asyncpg.Pool) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return count
+
+
 @pytest.mark.parametrize("first_request", ["commits", "rolls back"])
 async def test_a_repeat_waits_for_the_first_requests_transaction(
     first_request: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
@@ -353,7 +361,7 @@ async def test_a_repeat_waits_for_the_first_requests_transaction(
                 repeat = asyncio.create_task(
                     producer.create_job("sources/a.jpg", idempotency_key="k")
                 )
-                await asyncio.sleep(0.5)
+                await eventually(lambda: backends_waiting_on_a_lock(db), timeout=10, interval=0.05)
                 assert not repeat.done()  # blocked on the uncommitted row
                 if first_request == "rolls back":
                     raise RollBack
