@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -96,3 +97,11 @@ def png_alpha(data: bytes) -> tuple[Image.Image, np.ndarray]:
     assert image.format == "PNG"
     assert image.mode == "RGBA", image.mode
     return image, np.asarray(image.getchannel("A"))
+
+
+def unused_port() -> int:
+    """A loopback port nobody listens on now: to bind a server to, or to find nothing at."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,14 +28,7 @@ from devstack.stack import create_queue_pair
 from jobcore.jobs import JobStatus, decode_message
 from jobcore.sqs import entry_outcomes
 from tests.conftest import Aws, StartWorker
-from tests.helpers import eventually, synthetic_scene
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+from tests.helpers import eventually, synthetic_scene, unused_port
 
 
 def settings_for(database_url: str, aws: Aws, **changes: Any) -> ClientSettings:
@@ -101,7 +93,7 @@ async def test_create_job_with_queue_unreachable_keeps_a_queue_failed_row(
     outage: str, database_url: str, aws: Aws, producer: JobClient
 ) -> None:
     change = (
-        {"aws_endpoint_url": f"http://127.0.0.1:{closed_port()}"}
+        {"aws_endpoint_url": f"http://127.0.0.1:{unused_port()}"}
         if outage == "closed port"
         else {"queue_url": missing_queue_url(aws)}
     )
@@ -381,7 +373,7 @@ async def test_stats_counts_ages_and_queue_depths(
 
 async def test_stats_with_sqs_down_still_reports_the_table(database_url: str, aws: Aws) -> None:
     async with client_for(
-        database_url, aws, aws_endpoint_url=f"http://127.0.0.1:{closed_port()}"
+        database_url, aws, aws_endpoint_url=f"http://127.0.0.1:{unused_port()}"
     ) as c:
         stats = await c.stats()
     assert stats.counts["pending"] == 0

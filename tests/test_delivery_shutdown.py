@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,15 +20,8 @@ from api_client.client import JobClient
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker, worker_env
 from tests.faults import FaultProxy
-from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
+from tests.helpers import eventually, scrape, synthetic_scene, unused_port, wait_finished
 from tests.test_delivery_retries import large_photo
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class WorkerProcess:
@@ -55,7 +47,7 @@ async def spawn_worker(
     spawned: list[WorkerProcess] = []
 
     async def spawn(**overrides: str) -> WorkerProcess:
-        port = free_port()
+        port = unused_port()
         env = {
             **os.environ,
             **worker_env(database_url, aws, model_home, METRICS_PORT=str(port), **overrides),

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -26,17 +25,10 @@ import pytest
 from jobcore.jobs import decode_message
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
-from tests.helpers import eventually, png_alpha, synthetic_scene
+from tests.helpers import eventually, png_alpha, synthetic_scene, unused_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_JOBS = Path(sys.executable).parent / "image-jobs"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def app_env(database_url: str, aws: Aws, *, sqs_endpoint: str | None = None) -> dict[str, str]:
@@ -67,7 +59,7 @@ class ExampleApp:
 
     @classmethod
     async def launch(cls, env: dict[str, str], log_path: Path) -> ExampleApp:
-        port = free_port()
+        port = unused_port()
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

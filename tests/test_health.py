@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,17 +17,11 @@ from api_client.client import ClientSettings, JobClient
 from api_client.health import HealthReport
 from tests.conftest import Aws
 from tests.faults import FaultProxy
+from tests.helpers import unused_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".venv" / "bin" / "image-jobs"
 CHECKS = ["database", "queue", "dlq", "source_bucket"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def settings_for(database_url: str, aws: Aws, **changes: object) -> ClientSettings:
@@ -137,7 +130,7 @@ async def test_health_command_exits_0_when_healthy(cli_env: dict[str, str]) -> N
 async def test_health_command_with_the_database_port_closed_exits_3(
     cli_env: dict[str, str],
 ) -> None:
-    env = {**cli_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed_port()}/x"}
+    env = {**cli_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{unused_port()}/x"}
     code, stdout, stderr = await run_cli(env, "health", "--json", "--timeout", "3")
     assert code == 3, stderr
     document = json.loads(stdout)

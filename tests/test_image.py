@@ -28,9 +28,16 @@ from devstack.stack import FAKE_CREDENTIALS
 from jobcore.jobs import JobStatus
 from tests.conftest import Aws, worker_env
 from tests.faults import FaultProxy
-from tests.helpers import eventually, iou, png_alpha, scrape, synthetic_scene, wait_finished
+from tests.helpers import (
+    eventually,
+    iou,
+    png_alpha,
+    scrape,
+    synthetic_scene,
+    unused_port,
+    wait_finished,
+)
 from tests.test_delivery_retries import large_photo
-from tests.test_delivery_shutdown import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/image-worker:latest"  # the tag `make image` gives it
@@ -146,7 +153,7 @@ async def start_container(
         pytest.fail(f"the container reaches PostgreSQL over TCP only, not {database_url}")
 
     async def start(network: str = "host", **overrides: str) -> Container:
-        port = free_port()
+        port = unused_port()
         local = worker_env(database_url, aws, Path("/unused"), METRICS_PORT=str(port))
         values = {
             **local,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +19,7 @@ import pytest
 from api_client.client import JobClient
 from jobcore.jobs import decode_message
 from tests.conftest import Aws
+from tests.helpers import unused_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".venv" / "bin" / "image-jobs"
@@ -81,13 +81,6 @@ def one_clear_line(result: Result, *fragments: str) -> str:
     return lines[0]
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def insert_job(
     db: asyncpg.Pool, status: str, *, error: str | None = None, age: timedelta = timedelta(0)
 ) -> uuid.UUID:
@@ -141,7 +134,7 @@ async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
 
 
 async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str]) -> None:
-    env = {**cli_env, "DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{closed_port()}/x"}
+    env = {**cli_env, "DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{unused_port()}/x"}
     commands = (["stats"], ["list"], ["status", str(uuid.uuid4())], ["retry-queue-failed"])
     results = await asyncio.gather(*(run(env, *command) for command in commands))
     for command, result in zip(commands, results, strict=True):
@@ -154,7 +147,7 @@ async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str
 async def test_unreachable_sqs_exits_3_with_one_line(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    env = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{unused_port()}"}
     result = await run(env, "send-raw", '{"job_id": "x"}')
     one_clear_line(result, "cannot reach SQS/S3 at http://127.0.0.1")
     assert result.code == 3
@@ -314,7 +307,7 @@ async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, a
     new = await insert_job(db, "failed", error="broken")
     pending = await insert_job(db, "pending", age=timedelta(minutes=3))
     await aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="{}")
-    sqs_down = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}"}
+    sqs_down = {**cli_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{unused_port()}"}
     (
         listed, failed_json, no_jobs, bad_age, stats, stats_json, watched, once, degraded
     ) = await asyncio.gather(

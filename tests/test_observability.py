@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import yaml
 from api_client.client import JobClient
 from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
-from tests.helpers import eventually, synthetic_scene, wait_finished
+from tests.helpers import eventually, synthetic_scene, unused_port, wait_finished
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "deploy" / "prometheus"
@@ -218,13 +217,6 @@ def test_dashboard_is_an_importable_grafana_10_dashboard() -> None:
 # ------------------------------------------------------------------ real Prometheus
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Prometheus:
     url: str
@@ -279,7 +271,7 @@ async def start_prometheus(
         }
         config_file = tmp_path / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = unused_port()
         log = tmp_path / "prometheus.log"
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(

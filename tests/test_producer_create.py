@@ -19,11 +19,10 @@ from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobCli
 from devstack.stack import drop_database, recreate_database
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
-from tests.helpers import eventually, synthetic_scene, wait_finished
+from tests.helpers import eventually, synthetic_scene, unused_port, wait_finished
 from tests.test_api_client import (
     RollBack,
     client_for,
-    closed_port,
     drain,
     missing_queue_url,
     settings_for,
@@ -83,7 +82,7 @@ async def test_primary_image_with_the_queue_down_keeps_a_queue_failed_job(
     outage: str, database_url: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
 ) -> None:
     change = (
-        {"aws_endpoint_url": f"http://127.0.0.1:{closed_port()}"}
+        {"aws_endpoint_url": f"http://127.0.0.1:{unused_port()}"}
         if outage == "closed port"
         else {"queue_url": missing_queue_url(aws)}
     )

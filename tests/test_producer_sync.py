@@ -22,7 +22,8 @@ from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, NewJob
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import JobStatus, decode_message
 from tests.conftest import Aws
-from tests.test_api_client import closed_port, missing_queue_url, settings_for
+from tests.helpers import unused_port
+from tests.test_api_client import missing_queue_url, settings_for
 
 
 class Base(DeclarativeBase):
@@ -110,7 +111,7 @@ def test_standalone_create_get_and_repeat(
 def test_standalone_with_the_queue_down_keeps_queue_failed_rows(
     database_url: str, aws: Aws, sqs: Any, engine: Engine
 ) -> None:
-    closed = f"http://127.0.0.1:{closed_port()}"
+    closed = f"http://127.0.0.1:{unused_port()}"
     with sync_client(database_url, aws, aws_endpoint_url=closed) as c, capture_logs() as logs:
         job = c.create_job("sources/a.jpg", idempotency_key="req-2")
     assert job.status is JobStatus.QUEUE_FAILED
