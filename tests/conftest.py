@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aioboto3
 import asyncpg
@@ -25,6 +26,7 @@ from devstack.stack import (
     postgres_server,
     recreate_database,
 )
+from tests.faults import FaultProxy
 from worker.app import WorkerApp
 from worker.migrate import migrate_url
 from worker.settings import Settings
@@ -144,6 +146,16 @@ async def aws(aws_endpoint: str) -> AsyncIterator[Aws]:
         bucket = f"photos-{suffix}"
         await s3.create_bucket(Bucket=bucket)
         yield Aws(aws_endpoint, queues.queue_url, queues.dlq_url, bucket, sqs, s3)
+
+
+@pytest.fixture
+async def throttled_aws(aws: Aws) -> AsyncIterator[str]:
+    """The moto endpoint behind a proxy that slows every transfer (0.05 s per chunk), so that a
+    job is still running seconds later: for drain and shutdown tests."""
+    target = urlsplit(aws.endpoint)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
+        proxy.delay = 0.05
+        yield f"http://127.0.0.1:{proxy.port}"
 
 
 def worker_env(database_url: str, aws: Aws, model_home: Path, **overrides: str) -> dict[str, str]:

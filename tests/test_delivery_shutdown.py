@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -19,7 +18,6 @@ import pytest
 from api_client.client import JobClient
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker, worker_env
-from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, unused_port, wait_finished
 from tests.test_delivery_retries import large_photo
 
@@ -90,15 +88,6 @@ async def slow_jobs(producer: JobClient, aws: Aws, count: int) -> list[Job]:
 async def rows_by_status(db: asyncpg.Pool) -> dict[str, int]:
     records = await db.fetch("SELECT status, count(*) AS n FROM image_processing_jobs GROUP BY 1")
     return {r["status"]: r["n"] for r in records}
-
-
-@pytest.fixture
-async def throttled_aws(aws: Aws) -> AsyncIterator[str]:
-    """The moto endpoint behind a proxy that slows downloads: jobs take seconds, not millis."""
-    target = urlsplit(aws.endpoint)
-    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
-        proxy.delay = 0.05
-        yield f"http://127.0.0.1:{proxy.port}"
 
 
 async def test_sigterm_finishes_the_running_job_and_leaves_the_rest_queued(

@@ -27,7 +27,6 @@ from api_client.client import JobClient
 from devstack.stack import FAKE_CREDENTIALS
 from jobcore.jobs import JobStatus
 from tests.conftest import Aws, worker_env
-from tests.faults import FaultProxy
 from tests.helpers import (
     eventually,
     iou,
@@ -236,15 +235,6 @@ async def test_container_completes_a_job_as_the_task_runs_it_and_passes_its_heal
     assert loaded, await container.logs()
     assert loaded[0]["provider"] == "CPUExecutionProvider"
     assert "CUDAExecutionProvider" in loaded[0]["available"]  # it is the onnxruntime-gpu build
-
-
-@pytest.fixture
-async def throttled_aws(aws: Aws) -> AsyncIterator[str]:
-    """moto behind a proxy that slows downloads, so that a job is still running at the stop."""
-    target = urlsplit(aws.endpoint)
-    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
-        proxy.delay = 0.05
-        yield f"http://127.0.0.1:{proxy.port}"
 
 
 async def test_podman_stop_drains_the_running_job_and_exits_0(
