@@ -15,6 +15,7 @@ from api_client.errors import ClientConfigError
 from api_client.settings import ClientSettings
 from jobcore.job_create import Created, IdempotencyConflict, JobSpec, differences
 from jobcore.jobs import Job
+from jobcore.recipe import Recipe
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,7 @@ class NewJob:
     delay_seconds: int = 0
     idempotency_key: str | None = None
     job_id: uuid.UUID | None = None
+    recipe: Recipe | None = None  # None: the worker's DEFAULT_RECIPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ def spec_for(settings: ClientSettings, item: NewJob | str) -> JobSpec:
             book_id=new.book_id,
             idempotency_key=new.idempotency_key,
             delay_seconds=new.delay_seconds,
+            recipe=new.recipe,
         )
     except ValueError as exc:
         raise ClientConfigError(str(exc)) from None

@@ -16,6 +16,7 @@ A crash between the two steps leaves a `queue_failed` row, which the sweeper re-
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -23,15 +24,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus
+from jobcore.recipe import Recipe
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
 INSERT_JOBS = f"""
 INSERT INTO image_processing_jobs
-       (id, book_id, source_bucket, source_key, idempotency_key, status)
-SELECT n.id, n.book_id, n.source_bucket, n.source_key, n.idempotency_key, 'queue_failed'
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-       AS n(id, book_id, source_bucket, source_key, idempotency_key)
+       (id, book_id, source_bucket, source_key, idempotency_key, recipe, status)
+SELECT n.id, n.book_id, n.source_bucket, n.source_key, n.idempotency_key, n.recipe::jsonb,
+       'queue_failed'
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+       AS n(id, book_id, source_bucket, source_key, idempotency_key, recipe)
     ON CONFLICT DO NOTHING
 RETURNING {JOB_COLUMNS}"""
 
@@ -84,6 +87,7 @@ class JobSpec:
     book_id: str | None = None
     idempotency_key: str | None = None
     delay_seconds: int = 0
+    recipe: Recipe | None = None
 
     def __post_init__(self) -> None:
         if self.idempotency_key is not None and not (
@@ -102,6 +106,7 @@ def insert_args(specs: Sequence[JobSpec]) -> list[Any]:
         [spec.source_bucket for spec in specs],
         [spec.source_key for spec in specs],
         [spec.idempotency_key for spec in specs],
+        [json.dumps(spec.recipe.to_json()) if spec.recipe else None for spec in specs],
     ]
 
 
@@ -147,6 +152,8 @@ def differences(spec: JobSpec, job: Job) -> list[str]:
         diff.append(f"source (s3://{job.source_bucket}/{job.source_key})")
     if spec.book_id != job.book_id:
         diff.append(f"book_id ({job.book_id!r})")
+    if spec.recipe != job.recipe:
+        diff.append("recipe")
     return diff
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from jobcore.recipe import Recipe
+
 MESSAGE_VERSION = 1
 
 
@@ -42,6 +44,9 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     idempotency_key: str | None = None  # the creator's key, when it gave one
+    recipe: Recipe | None = None  # None: the worker's DEFAULT_RECIPE
+    outputs: list[dict[str, Any]] | None = None  # every object written, once completed
+    background_used: dict[str, Any] | None = None  # e.g. {"colour": "#ffffff", "luma": 171.2}
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
@@ -62,6 +67,9 @@ class Job:
             started_at=record["started_at"],
             completed_at=record["completed_at"],
             idempotency_key=record["idempotency_key"],
+            recipe=Recipe.from_json(record["recipe"]) if record["recipe"] is not None else None,
+            outputs=_json_column(record["outputs"]),
+            background_used=_json_column(record["background_used"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,13 +88,22 @@ class Job:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
             "idempotency_key": self.idempotency_key,
+            "recipe": self.recipe.to_json() if self.recipe else None,
+            "outputs": self.outputs,
+            "background_used": self.background_used,
         }
 
 
 JOB_COLUMNS = (
     "id, book_id, source_bucket, source_key, result_bucket, result_key, status, attempts, error,"
-    " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key"
+    " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key,"
+    " recipe, outputs, background_used"
 )
+
+
+def _json_column(value: Any) -> Any:
+    """A jsonb column's value: asyncpg returns text (no codec is set), psycopg the object."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class MalformedMessage(ValueError):
