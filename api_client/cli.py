@@ -115,6 +115,12 @@ def build_parser() -> Parser:
     inject.add_argument("--book-id", default=None)
     _wait_options(inject)
     inject.add_argument(
+        "--sheet",
+        type=Path,
+        metavar="FILE",
+        help="with --wait: write a PNG contact sheet, each photo beside its cut-out",
+    )
+    inject.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -282,6 +288,8 @@ def _sources(items: list[str]) -> list[Path | tuple[str, str]]:
 
 
 async def cmd_inject(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:
+    if args.sheet and not args.wait:
+        raise ClientConfigError("--sheet needs --wait (the sheet shows finished jobs)")
     sources = _sources(args.paths)
     uploads = [s for s in sources if isinstance(s, Path)]
     bucket = args.bucket or settings.source_bucket
@@ -316,7 +324,34 @@ async def cmd_inject(settings: ClientSettings, args: argparse.Namespace, out: Ou
         for source, job in zip(sources, jobs, strict=True):
             label = str(source) if isinstance(source, Path) else f"s3://{source[0]}/{source[1]}"
             out.emit({"file": label, **job.to_dict()}, f"{job.id} {job.status} {label}")
-        return await _warn_unsent_and_wait(client, jobs, args, out)
+        code = await _warn_unsent_and_wait(client, jobs, args, out)
+        if args.sheet:
+            await _write_sheet(client, args.sheet, sources, jobs, out)
+        return code
+
+
+async def _write_sheet(
+    client: JobClient,
+    path: Path,
+    sources: list[Path | tuple[str, str]],
+    jobs: list[Job],
+    out: Output,
+) -> None:
+    try:
+        from api_client.contact_sheet import write_job_sheet  # Pillow: the `sheet` extra
+    except ImportError as exc:
+        raise ClientConfigError(
+            f"--sheet needs Pillow: install image-worker[sheet] ({exc})"
+        ) from None
+    entries = [
+        (s.name, job.id, s.read_bytes()) if isinstance(s, Path) else (s[1], job.id, None)
+        for s, job in zip(sources, jobs, strict=True)
+    ]
+    written = await write_job_sheet(client, entries, path)
+    if written is None:
+        warn("no contact sheet: no job finished")
+    else:
+        out.emit({"sheet": str(written)}, f"contact sheet: {written}")
 
 
 async def cmd_enqueue(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:

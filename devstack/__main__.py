@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from api_client import ClientSettings, Job, JobClient
+from api_client.contact_sheet import write_job_sheet
 from api_client.recovery import SweepSettings, sweep_forever
 from devstack.stack import moto_server, postgres_server, provision, sample_photos
 from jobcore.log_setup import configure_logging
@@ -98,6 +99,13 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
                 print(f"{finished.status:10} {photo.name:22} {finished.error}", flush=True)
         elapsed = time.monotonic() - started
         print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
+        sheet = await write_job_sheet(
+            client,
+            [(photo.name, job.id, photo.read_bytes()) for photo, job in jobs],
+            out_dir / "contact-sheet.png",
+        )
+        if sheet is not None:
+            print(f"contact sheet: {sheet}", flush=True)
         print(f"metrics: http://127.0.0.1:{app.port}/metrics", flush=True)
         print(
             f"recovery sweep: every {sweep_settings.interval_seconds:g}s (queue_failed after "
