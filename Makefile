@@ -21,11 +21,15 @@ install: $(BIN)/image-worker model
 model: $(BIN)/image-worker
 	$(BIN)/image-worker models fetch $(MODEL)
 
-# Debian packages the tests run against (real Prometheus and promtool).
+# Debian packages the tests run against (real Prometheus and promtool, headless Chromium).
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  echo "installing Debian's prometheus package"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@# The admin page's browser test (tests/test_admin_page_browser.py): headless Chromium + driver.
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 # checkov (terraform checks) in its own venv: its pins conflict with the project's botocore.
 CHECKOV := .tools/checkov/bin/checkov

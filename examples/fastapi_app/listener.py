@@ -1,0 +1,42 @@
+"""The app hears back: a lifespan task that attaches each completed cut-out to its book
+(`ATTACH_PROCESSED_IMAGES=listener`). `JobClient.listen()` yields every job that finishes (a NOTIFY
+from the job table; the library reconnects and catches up by itself), so the app has no polling
+loop. At startup it first attaches what completed while it was down. Attaching is idempotent
+(app.attach_processed_image), so a job heard twice is attached once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+import structlog
+
+from api_client import JobClient
+from examples.fastapi_app.books import UNATTACHED, attach
+from jobcore.jobs import JobStatus
+
+log = structlog.get_logger(__name__)
+
+CATCH_UP_LIMIT = 500  # jobs attached per startup pass at most; the rest at the next start
+
+
+async def attach_finished_jobs(jobs: JobClient) -> None:
+    """Runs until cancelled (at shutdown). A failed attach is logged and skipped: the row stays
+    unattached and the next startup's catch-up tries it again."""
+    for row in await jobs.pool.fetch(UNATTACHED, CATCH_UP_LIMIT):
+        await _attach(jobs.pool, row["id"], row["book_id"], row["outputs"])
+    async for job in jobs.listen():  # type: ignore[attr-defined]
+        if job.status is JobStatus.COMPLETED and job.book_id is not None:
+            await _attach(jobs.pool, job.id, job.book_id, json.dumps(job.outputs))
+
+
+async def _attach(pool: asyncpg.Pool, job_id: uuid.UUID, book_id: str, outputs: str) -> None:
+    try:
+        await attach(pool, job_id, book_id, outputs)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.error(
+            "attaching the cut-out failed", job_id=str(job_id), book_id=book_id, error=str(exc)
+        )
+    else:
+        log.info("cut-out attached", job_id=str(job_id), book_id=book_id)
