@@ -25,6 +25,7 @@ from examples.fastapi_app import operations
 from examples.fastapi_app.errors import SERVICE_ERRORS, unavailable
 from examples.fastapi_app.operations import OPEN, Outcome
 from jobcore.jobs import Job, JobStatus
+from jobcore.recipe import Recipe
 
 log = structlog.get_logger(__name__)
 
@@ -106,8 +107,17 @@ async def job_row(jobs: JobClient, job: Job) -> JobRow:
     cutout_url = None
     if job.status is JobStatus.COMPLETED:
         cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)  # type: ignore[attr-defined]
-    recipe = json.dumps(job.recipe.to_json() if job.recipe else None)
+    recipe = recipe_summary(job.recipe)
     return JobRow(job, source_url, cutout_url, recipe, job.status in OPEN)
+
+
+def recipe_summary(recipe: Recipe | None) -> str:
+    """The fields that differ from the defaults, as JSON; "default recipe" when none do."""
+    if recipe is None:
+        return "default recipe"
+    defaults = Recipe().to_json()
+    changed = {k: v for k, v in recipe.to_json().items() if v != defaults.get(k)}
+    return json.dumps(changed) if changed else "default recipe"
 
 
 def unavailable_page() -> str:
