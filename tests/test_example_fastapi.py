@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from examples.fastapi_app.settings import ExampleConfigError, ExampleSettings
 from jobcore.jobs import decode_message
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
@@ -503,3 +504,14 @@ async def test_cancel_an_open_job_and_a_finished_one(
     again = await http.post(f"/jobs/{job_id}/remove-background")
     assert again.status_code == 201  # a cancelled job's photo can be processed again
     assert await app.stop(), app.output()
+
+
+def test_the_example_settings_name_a_bad_variable() -> None:
+    with pytest.raises(ExampleConfigError, match="ATTACH_PROCESSED_IMAGES='both'"):
+        ExampleSettings.from_env({"ATTACH_PROCESSED_IMAGES": "both"}, "photos")
+    default = ExampleSettings.from_env({}, "photos")
+    assert (default.attach, default.allowed_source_buckets) == ("listener", {"photos"})
+    listed = ExampleSettings.from_env(
+        {"ATTACH_PROCESSED_IMAGES": " Hook ", "ALLOWED_SOURCE_BUCKETS": "uploads, scans,"}, "photos"
+    )
+    assert (listed.attach, listed.allowed_source_buckets) == ("hook", {"uploads", "scans"})
