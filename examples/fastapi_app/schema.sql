@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS app.image_jobs (
     created_at         timestamptz NOT NULL DEFAULT now(),
     attached_at        timestamptz
 );
+CREATE INDEX IF NOT EXISTS image_jobs_unattached ON app.image_jobs (job_id) WHERE attached_at IS NULL;
 
 -- Attach a completed job's cut-out (its output named "image") to its book as the new first,
 -- primary image, and record it on app.image_jobs. Called by the worker inside the transaction
