@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from examples.fastapi_app.books import attach, book_images, migrate, save_book
 from examples.fastapi_app.settings import ExampleConfigError, ExampleSettings
 from jobcore.jobs import decode_message
 from tests.conftest import Aws, StartWorker
@@ -515,3 +516,52 @@ def test_the_example_settings_name_a_bad_variable() -> None:
         {"ATTACH_PROCESSED_IMAGES": " Hook ", "ALLOWED_SOURCE_BUCKETS": "uploads, scans,"}, "photos"
     )
     assert (listed.attach, listed.allowed_source_buckets) == ("hook", {"uploads", "scans"})
+
+
+async def test_attach_processed_image_renumbers_once_and_ignores_other_jobs(
+    db: asyncpg.Pool,
+) -> None:
+    """The SQL function both paths call, on its own: the cut-out becomes position 0 and primary,
+    the photos move down, the job records the new image; a second call, a job of another app or
+    an unknown book change nothing; a job without an "image" output raises (the hook's attempt
+    fails as transient, the listener logs it)."""
+    await migrate(db)
+    await migrate(db)  # idempotent: every app start runs it
+    async with db.acquire() as connection:
+        photos = await save_book(
+            connection, "b9", "T", "photos", ["books/b9/0.jpg", "books/b9/1.jpg"]
+        )
+    job_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO app.image_jobs (job_id, book_id, source_image_id) VALUES ($1, 'b9', $2)",
+        job_id,
+        photos["books/b9/0.jpg"],
+    )
+    outputs = json.dumps([
+        {"name": "thumb-300", "bucket": "photos", "key": f"cutouts/{job_id}-300.jpg"},
+        {"name": "image", "bucket": "photos", "key": f"cutouts/{job_id}.png"},
+    ])  # fmt: skip
+    for _ in range(2):
+        await attach(db, job_id, "b9", outputs)
+    await attach(db, uuid.uuid4(), "b9", outputs)  # not this app's job
+    await attach(db, job_id, "no-such-book", outputs)
+
+    images = await book_images(db, "b9")
+    assert images is not None
+    assert [
+        (i["key"], i["position"], i["is_primary"], i["background_removed"]) for i in images
+    ] == [
+        (f"cutouts/{job_id}.png", 0, True, True),
+        ("books/b9/0.jpg", 1, False, False),
+        ("books/b9/1.jpg", 2, False, False),
+    ]
+    assert images[0]["processed_by_job"] == str(job_id)
+
+    other = uuid.uuid4()
+    await db.execute("INSERT INTO app.image_jobs (job_id, book_id) VALUES ($1, 'b9')", other)
+    with pytest.raises(asyncpg.RaiseError, match='has no "image" output'):
+        await attach(
+            db, other, "b9", json.dumps([{"name": "thumb-300", "bucket": "b", "key": "k"}])
+        )
+    with pytest.raises(asyncpg.RaiseError, match='has no "image" output'):
+        await attach(db, other, "b9", "null")

@@ -62,8 +62,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    SELECT o INTO image FROM jsonb_array_elements(COALESCE(p_outputs, '[]'::jsonb)) AS o
-     WHERE o->>'name' = 'image' LIMIT 1;
+    IF jsonb_typeof(p_outputs) = 'array' THEN
+        SELECT o INTO image FROM jsonb_array_elements(p_outputs) AS o
+         WHERE o->>'name' = 'image' LIMIT 1;
+    END IF;
     IF image IS NULL OR image->>'bucket' IS NULL OR image->>'key' IS NULL THEN
         RAISE EXCEPTION 'job % has no "image" output to attach', p_job_id;
     END IF;
