@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from api_client import ClientSettings, Job, JobClient
+from api_client import ClientSettings, Job, JobClient, JobWaitTimeout
 from api_client.contact_sheet import write_job_sheet
 from api_client.recovery import SweepSettings, sweep_forever
 from devstack.stack import moto_server, postgres_server, provision, sample_photos
@@ -21,6 +21,8 @@ from jobcore.log_setup import configure_logging
 from worker.app import WorkerApp
 from worker.cli import install_stop_signals
 from worker.settings import Settings
+
+SAMPLE_WAIT_SECONDS = 600.0  # bound on one sample job (the model's first run included)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +120,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
             f"  DATABASE_URL='{database_url}' SQS_QUEUE_URL='{queues.queue_url}' "
             f"AWS_ENDPOINT_URL='{endpoint}' SOURCE_BUCKET=book-photos "
             "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-            ".venv/bin/image-jobs inject --wait PATH...",
+            f".venv/bin/image-jobs inject --wait --sheet {out_dir / 'more.png'} PATH...",
             flush=True,
         )
         if exit_after_samples:
@@ -149,12 +151,17 @@ async def _first_done(waitable: Awaitable[object], task: asyncio.Task[None]) -> 
 
 
 async def _wait_finished(client: JobClient, job_id: uuid.UUID, app: WorkerApp) -> Job | None:
-    while not app.stop_requested.is_set():
-        job = await client.get_job(job_id)
-        if job is not None and job.status.finished:
-            return job
-        await asyncio.sleep(0.2)
-    return None
+    """The job once finished (the client hears it: no polling here); None when the worker is
+    asked to stop first or the job takes longer than SAMPLE_WAIT_SECONDS."""
+    waiting = asyncio.ensure_future(client.wait_for_job(job_id, timeout=SAMPLE_WAIT_SECONDS))
+    stopping = asyncio.ensure_future(app.stop_requested.wait())
+    await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiting, stopping):
+        task.cancel()
+    await asyncio.wait({waiting, stopping})
+    if waiting.cancelled() or isinstance(waiting.exception(), JobWaitTimeout):
+        return None
+    return waiting.result()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ by a real worker."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,10 @@ from api_client.contact_sheet import (
     sheet_size,
     tile_origin,
 )
+from devstack.stack import sample_photos
 from tests.conftest import Aws, StartWorker
 from tests.helpers import synthetic_scene
-from tests.test_jobs_cli import run
+from tests.test_jobs_cli import REPO, run
 
 RED = (200, 20, 20)
 PHOTO_GREEN = (40, 160, 60)
@@ -101,3 +104,26 @@ async def test_inject_wait_sheet_writes_the_sheet_of_the_injected_files(
         left, top = tile_origin(row, 1)
         corner = rgb.getpixel((left + 2, top + 2))  # the 320x240 cut-out is letterboxed: board
         assert corner == CHECKER_LIGHT
+
+
+async def test_make_dev_writes_the_contact_sheet_of_the_samples(tmp_path: Path) -> None:
+    """`python -m devstack` (what `make dev` runs) on its embedded stack: every sample photo
+    completes and out/contact-sheet.png has one row for each, its cut-out on the checkerboard."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "devstack", "--exit-after-samples", "--out", str(tmp_path),
+        cwd=REPO, env={**os.environ, "METRICS_PORT": "0", "SWEEP_INTERVAL_SECONDS": "60"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
+    text = output.decode()
+    assert process.returncode == 0, text
+    samples = sample_photos()
+    done = [line for line in text.splitlines() if line.startswith("completed  ")]
+    assert len(done) == len(samples) == 5, text
+    assert f"contact sheet: {tmp_path / 'contact-sheet.png'}" in text
+    with Image.open(tmp_path / "contact-sheet.png") as sheet:
+        assert (sheet.format, sheet.size) == ("PNG", sheet_size(len(samples)))
+        rgb = sheet.convert("RGB")
+    for row in range(len(samples)):
+        left, top = tile_origin(row, 1)
+        assert rgb.getpixel((left + 1, top + 1)) == CHECKER_LIGHT  # a corner: alpha 0 there
