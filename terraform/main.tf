@@ -19,7 +19,7 @@ locals {
   # the CPU build of the image; same queue, same scaling on backlog, same alarms.
   gpu = var.compute == "gpu"
 
-  region     = data.aws_region.current.name
+  region     = data.aws_region.current.region
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
 
