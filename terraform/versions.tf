@@ -5,8 +5,9 @@ terraform {
   required_providers {
     aws = {
       source = "hashicorp/aws"
-      # 5.46+: metric math (`metrics {}`) in target-tracking customized metrics, managed_draining.
-      version = ">= 5.46.0, < 7.0.0"
+      # 6.x: data.aws_region .region (.name is deprecated), checked against 6.25.0's schema
+      # (deploy/terraform_schema.py); metric math in target tracking, managed_draining.
+      version = ">= 6.0.0, < 7.0.0"
     }
   }
 }
