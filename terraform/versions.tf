@@ -1,6 +1,6 @@
 terraform {
-  # 1.5: `check {}` / preconditions used below; `optional()` object attributes.
-  required_version = ">= 1.5.0"
+  # 1.9: validations that read other variables (source_prefix vs result_prefix); preconditions.
+  required_version = ">= 1.9.0"
 
   required_providers {
     aws = {
