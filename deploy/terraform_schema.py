@@ -11,12 +11,13 @@ them), so the few deprecated attributes this project has met are listed in DEPRE
 `python -m deploy.terraform_schema [DIR ...]` parses every `.tf` file of terraform/ and of each
 terraform/examples/* (or of the directories named) with python-hcl2 and prints one line per
 unknown argument or block (dynamic blocks included), missing required argument, literal of the
-wrong type, reference to an unknown or deprecated attribute, or unknown/missing module variable;
-exit status 1 if there is any.
+wrong type, reference to an unknown or deprecated attribute, unknown/missing module variable or
+unknown module output; exit status 1 if there is any.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -224,10 +225,16 @@ def load_schema(jsii_path: Path = JSII_FILE, cache_path: Path = CACHE_FILE) -> S
 # Checking parsed HCL
 # ---------------------------------------------------------------------------------------------
 def _parse(path: Path) -> dict[str, Any]:
+    """The file as python-hcl2 data (blocks marked, quotes kept); parsed once per version."""
+    return _parse_text(path.read_text())
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> dict[str, Any]:
     options = hcl2.utils.SerializationOptions(
         with_comments=False, explicit_blocks=True, strip_string_quotes=False
     )
-    data: dict[str, Any] = hcl2.loads(path.read_text(), serialization_options=options)
+    data: dict[str, Any] = hcl2.loads(text, serialization_options=options)
     return data
 
 
@@ -448,6 +455,37 @@ def tree_directories(root: Path) -> list[Path]:
     return [root, *extra]
 
 
+_MODULE_REFERENCE = re.compile(r"(?<![\w.])module\.([A-Za-z_][\w-]*)(?:\[[^\]]*\])?\.([a-z_]\w*)")
+
+
+def _module_outputs(directory: Path) -> set[str]:
+    return {
+        _label(label)
+        for path in sorted(directory.glob("*.tf"))
+        for declared in _parse(path).get("output", [])
+        for label in declared
+    }
+
+
+def check_module_references(directory: Path) -> list[Problem]:
+    """`module.<name>.<output>` references to outputs a local module does not declare."""
+    contents = {path: _parse(path) for path in sorted(directory.glob("*.tf"))}
+    outputs: dict[str, set[str]] = {}
+    for content in contents.values():
+        for kind, _, name, body in _declared(content):
+            source = _label(str(body.get("source", "")))
+            if kind == "module" and source.startswith(".") and (directory / source).is_dir():
+                outputs[name] = _module_outputs((directory / source).resolve())
+    problems: list[Problem] = []
+    for path, content in contents.items():
+        for text in _strings(content):
+            for name, output in _MODULE_REFERENCE.findall(text) if "${" in text else []:
+                if name in outputs and output not in outputs[name]:
+                    message = f"the module has no output {output!r}"
+                    problems.append(Problem(path, f"module.{name}.{output}", message))
+    return problems
+
+
 def check_directories(directories: list[Path], schema: Schema) -> tuple[int, list[Problem]]:
     """(blocks checked, problems) for every .tf file of the directories."""
     problems: list[Problem] = []
@@ -457,6 +495,7 @@ def check_directories(directories: list[Path], schema: Schema) -> tuple[int, lis
             count, found = check_file(path, schema)
             checked += count
             problems += found
+        problems += check_module_references(directory)
     return checked, problems
 
 

@@ -163,21 +163,28 @@ resource "aws_sqs_queue" "jobs" {
     ]
 
 
-def test_unknown_types_and_module_variables_are_caught(tmp_path: Path, schema: Schema) -> None:
+def test_unknown_types_module_variables_and_outputs_are_caught(
+    tmp_path: Path, schema: Schema
+) -> None:
     module = tmp_path / "module"
     module.mkdir()
     (module / "variables.tf").write_text(
         'variable "name" {\n  type = string\n}\nvariable "size" {\n  default = 1\n}\n'
+        'output "name" {\n  value = var.name\n}\n'
     )
     root = tmp_path / "root"
     root.mkdir()
     found = problems_of(
         root,
         schema,
-        'resource "aws_sqs_queu" "jobs" {}\nmodule "m" {\n  source = "../module"\n  sise = 2\n}\n',
+        'resource "aws_sqs_queu" "jobs" {}\n'
+        'module "m" {\n  source = "../module"\n  sise = 2\n}\n'
+        'output "url" {\n  value = module.m.queue_urll\n}\n'
+        'output "name" {\n  value = module.m.name\n}\n',
     )
     assert found == [
         "aws_sqs_queu.jobs: unknown resource type",
         "module.m: unknown module variable 'sise'",
         "module.m: missing required variable 'name'",
+        "module.m.queue_urll: the module has no output 'queue_urll'",
     ]
