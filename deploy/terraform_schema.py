@@ -75,6 +75,7 @@ class Block:
 class Schema:
     resources: dict[str, Block]
     data_sources: dict[str, Block]
+    provider: Block = field(default_factory=Block)  # the `provider "aws"` block
 
     def lookup(self, kind: str, type_name: str) -> Block | None:
         return (self.resources if kind == "resource" else self.data_sources).get(type_name)
@@ -164,6 +165,8 @@ def extract(jsii_path: Path) -> Schema:
     schema = Schema(resources={}, data_sources={})
     for fqn, spec in types.items():
         base = spec.get("base")
+        if base == "cdktf.TerraformProvider":
+            schema.provider = _block(types, spec["initializer"]["parameters"][-1]["type"]["fqn"])
         if base not in ("cdktf.TerraformResource", "cdktf.TerraformDataSource"):
             continue
         found = _TYPE_NAME.search(spec.get("docs", {}).get("summary", ""))
@@ -196,22 +199,29 @@ def _from_json(data: dict[str, Any]) -> Block:
     )
 
 
+_CACHE_FORMAT = 2  # bump when the cached shape changes
+
+
 def load_schema(jsii_path: Path = JSII_FILE, cache_path: Path = CACHE_FILE) -> Schema:
     """The schema from the cache, made from the assembly on first use (written atomically)."""
-    if cache_path.exists() and cache_path.stat().st_mtime >= jsii_path.stat().st_mtime:
-        data = json.loads(cache_path.read_text())
-        return Schema(
-            resources={k: _from_json(v) for k, v in data["resource"].items()},
-            data_sources={k: _from_json(v) for k, v in data["data"].items()},
-        )
     if not jsii_path.exists():
         raise FileNotFoundError(
             f"{jsii_path} is missing: `make tools` fetches @cdktf/provider-aws@{PACKAGE_VERSION}"
         )
+    if cache_path.exists() and cache_path.stat().st_mtime >= jsii_path.stat().st_mtime:
+        data = json.loads(cache_path.read_text())
+        if data.get("format") == _CACHE_FORMAT:
+            return Schema(
+                resources={k: _from_json(v) for k, v in data["resource"].items()},
+                data_sources={k: _from_json(v) for k, v in data["data"].items()},
+                provider=_from_json(data["provider"]),
+            )
     schema = extract(jsii_path)
     payload = {
+        "format": _CACHE_FORMAT,
         "resource": {k: _to_json(v) for k, v in schema.resources.items()},
         "data": {k: _to_json(v) for k, v in schema.data_sources.items()},
+        "provider": _to_json(schema.provider),
     }
     fd, tmp = tempfile.mkstemp(dir=cache_path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as out:
@@ -443,6 +453,12 @@ def check_file(path: Path, schema: Schema) -> tuple[int, list[Problem]]:
             continue
         for message in check_body(body, block, address, meta=True):
             problems.append(Problem(path, address, message.removeprefix(address + ": ")))
+    for declared in content.get("provider", []):
+        for label, body in declared.items():
+            if _label(label) == "aws":
+                for message in check_body(body, schema.provider, 'provider "aws"'):
+                    message = message.removeprefix('provider "aws": ')
+                    problems.append(Problem(path, 'provider "aws"', message))
     for address, message in check_references(content, schema):
         problems.append(Problem(path, address, message))
     return checked, problems

@@ -9,8 +9,9 @@
 #   `username` and `password`; the rotation-template format also has host, port, dbname). ECS
 #   injects one JSON key per variable (valueFrom "<arn>:<key>::"): PGUSER and PGPASSWORD, plus
 #   PGHOST/PGPORT/PGDATABASE from the secret when database_host is null. DATABASE_URL is then a
-#   plain URL without credentials (`postgresql://host:port/db`, or `postgresql://` when the
-#   secret holds the host); asyncpg takes the missing parts from the PG* variables.
+#   URL without credentials (`postgresql://host:port/db`, or `postgresql://` when the secret holds
+#   the host) with `?sslmode=verify-full&sslrootcert=<the RDS CA bundle in the image>`; asyncpg
+#   takes the missing parts from the PG* variables. A URL secret should carry the same query.
 #
 # Rotation: ECS reads secrets when a task starts. A rotated password is not seen by running tasks:
 # their open connections keep working, a new connection fails to authenticate until the task is

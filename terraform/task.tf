@@ -34,7 +34,7 @@ locals {
   # ephemeral storage; no mount options, so not noexec).
   worker_linux_parameters = merge(
     { capabilities = { drop = ["ALL"] } },
-    local.gpu ? { tmpfs = [{ containerPath = "/tmp", size = 1024, mountOptions = ["rw", "nosuid", "nodev", "noexec"] }] } : {},
+    local.gpu ? { tmpfs = [{ containerPath = "/tmp", size = 1024, mountOptions = ["rw", "nosuid", "nodev", "noexec"] }] } : null,
   )
   tmp_mount_points = local.gpu ? [] : [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }]
 

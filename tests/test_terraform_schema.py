@@ -188,3 +188,12 @@ def test_unknown_types_module_variables_and_outputs_are_caught(
         "module.m: missing required variable 'name'",
         "module.m.queue_urll: the module has no output 'queue_urll'",
     ]
+
+
+def test_the_provider_block_is_checked(tmp_path: Path, schema: Schema) -> None:
+    found = problems_of(
+        tmp_path,
+        schema,
+        'provider "aws" {\n  regoin = "eu-west-1"\n  default_tags {\n    tags = {}\n  }\n}\n',
+    )
+    assert found == ["provider \"aws\": unknown argument or block 'regoin'"]
