@@ -1,7 +1,7 @@
 # Optional VPC endpoints (enable_vpc_endpoints): image pulls and AWS API calls from the subnets
 # stay inside AWS's network instead of passing the NAT gateway, which bills every GB: an instance's
 # first pull is several GB. S3 is a gateway endpoint (free; ECR serves image layers from S3) on the
-# route tables of subnet_ids; ECR (api, dkr), SQS, CloudWatch Logs and Secrets Manager are
+# route tables of subnet_ids (or vpc_endpoint_route_table_ids); ECR (api, dkr), SQS, CloudWatch Logs and Secrets Manager are
 # interface endpoints (billed per hour and AZ) with private DNS, reachable on 443 from the tasks
 # and the GPU instances only.
 
@@ -11,7 +11,7 @@ locals {
 }
 
 data "aws_route_table" "subnet" {
-  for_each  = var.enable_vpc_endpoints ? toset(var.subnet_ids) : toset([])
+  for_each  = var.enable_vpc_endpoints && var.vpc_endpoint_route_table_ids == null ? toset(var.subnet_ids) : toset([])
   subnet_id = each.value
 }
 
@@ -20,7 +20,7 @@ resource "aws_vpc_endpoint" "s3" {
   vpc_id            = var.vpc_id
   service_name      = "com.amazonaws.${local.region}.s3"
   vpc_endpoint_type = "Gateway"
-  route_table_ids   = distinct([for table in data.aws_route_table.subnet : table.route_table_id])
+  route_table_ids   = coalesce(var.vpc_endpoint_route_table_ids, distinct([for table in data.aws_route_table.subnet : table.route_table_id]))
   tags              = merge(local.tags, { "Name" = "${var.name}-s3" })
 }
 

@@ -715,6 +715,17 @@ variable "enable_vpc_endpoints" {
   default     = false
 }
 
+variable "vpc_endpoint_route_table_ids" {
+  type        = list(string)
+  description = "With enable_vpc_endpoints: route tables the S3 gateway endpoint is added to. Null: the route tables explicitly associated with subnet_ids (a subnet on the VPC's main route table has none: name that table here)."
+  default     = null
+
+  validation {
+    condition     = var.vpc_endpoint_route_table_ids == null || alltrue([for t in coalesce(var.vpc_endpoint_route_table_ids, []) : can(regex("^rtb-[0-9a-f]{8,17}$", t))])
+    error_message = "vpc_endpoint_route_table_ids must be route table ids (rtb-...)."
+  }
+}
+
 variable "metrics_scrape_interval_seconds" {
   type        = number
   description = "Scrape interval of the sidecar."

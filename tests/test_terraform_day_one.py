@@ -135,7 +135,10 @@ def test_vpc_endpoints_behind_one_variable(module: Module) -> None:
     s3 = module.resource("aws_vpc_endpoint", "s3")
     assert s3["vpc_endpoint_type"] == "Gateway"
     assert s3["count"] == "${local.vpc_endpoint_count}"
-    assert "data.aws_route_table.subnet" in s3["route_table_ids"]
+    assert s3["route_table_ids"] == (
+        "${coalesce(var.vpc_endpoint_route_table_ids, distinct([for table in "
+        "data.aws_route_table.subnet : table.route_table_id]))}"
+    )
     interface = module.resource("aws_vpc_endpoint", "interface")
     assert interface["private_dns_enabled"] is True
     assert interface["subnet_ids"] == "${var.subnet_ids}"
@@ -383,6 +386,7 @@ def plan(directory: Path, *extra: str) -> str:
         (['-var=metrics_scraper_security_group_ids=["10.0.0.0/16"]'], "security group ids"),
         (["-var=ecr_keep_images=2"], "between 5 and 1000"),
         (["-var=source_bucket_kms_key_arn=alias/x"], "KMS key ARN"),
+        (['-var=vpc_endpoint_route_table_ids=["subnet-0123456789abcdef0"]'], "rtb-"),
     ],
 )
 def test_validations(variables_only: Path, settings: list[str], refusal: str | None) -> None:
