@@ -1,5 +1,5 @@
 # The deployer's policy (output deployer_policy_json, and the managed policy deployer_policy_arn
-# to attach to the CI role): exactly what a release needs. The image push (docker/podman push to
+# to attach to the CI role): what a release needs, scoped wherever IAM allows. The image push (docker/podman push to
 # this repository) and what deploy/ecs/deploy.py calls: register the worker's and the sweep's task
 # definition revisions (and tag them), run the selfcheck gate as a one-off task and wait for it,
 # update and watch the service, and pass the task definitions' roles to ECS.
@@ -39,17 +39,12 @@ data "aws_iam_policy_document" "deployer" {
     resources = [aws_ecr_repository.this.arn]
   }
 
-  # Describe* of task definitions has no resource type; registering is scoped to the families.
+  # Registering and describing task definitions take no resource in IAM (no family ARN can scope
+  # them). What a registered revision may do is bounded by the roles PassTheTaskRoles lets it name.
   statement {
-    sid       = "ReadTaskDefinitions"
-    actions   = ["ecs:DescribeTaskDefinition"]
+    sid       = "RegisterAndReadRevisions"
+    actions   = ["ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition"]
     resources = ["*"]
-  }
-
-  statement {
-    sid       = "RegisterRevisions"
-    actions   = ["ecs:RegisterTaskDefinition"]
-    resources = [for family in local.deployer_families : "${local.task_definition_family_arn}/${family}:*"]
   }
 
   statement {

@@ -173,13 +173,16 @@ def test_deployer_policy_covers_what_deploy_py_calls(module: Module) -> None:
     for role in ("execution", "task", "recovery"):
         assert f"aws_iam_role.{role}" in roles, role
     assert block(passing, "condition")["values"] == ["ecs-tasks.amazonaws.com"]
-    # "*" only where IAM has no resource type.
+    # "*" only where IAM has no resource type (checkov's CKV_AWS_356 knows which those are and
+    # passes on this policy).
     for statement in statements.values():
         if statement["resources"] == ["*"]:
             assert statement["actions"] in (
                 ["ecr:GetAuthorizationToken"],
-                ["ecs:DescribeTaskDefinition"],
+                ["ecs:RegisterTaskDefinition", "ecs:DescribeTaskDefinition"],
             ), statement
+    assert statements["RollOutTheService"]["resources"] == ["${aws_ecs_service.worker.id}"]
+    assert block(statements["RunTheGate"], "condition")["values"] == ["${aws_ecs_cluster.this.arn}"]
     for name in ("deployer_policy_json", "deployer_policy_arn"):
         assert name in module.outputs
 
