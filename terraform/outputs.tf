@@ -161,6 +161,10 @@ output "task_template_vars" {
     ADOT_IMAGE                 = var.adot_image
     ADOT_CONFIG                = var.enable_metrics_sidecar ? local.adot_config : ""
     EXTRA_ENVIRONMENT          = merge(var.extra_environment, local.database_environment)
+    # The recovery sweep (null when disabled): deploy.py registers each release's revision in
+    # this family with the container's image set to <repository>:<tag>-sweep.
+    SWEEP_FAMILY         = one(aws_ecs_task_definition.recovery[*].family)
+    SWEEP_CONTAINER_NAME = local.recovery_container_name
   }
 }
 

@@ -114,8 +114,9 @@ locals {
     SWEEP_MAX_PER_SECOND        = tostring(var.recovery_max_per_second)
   })
 
+  recovery_container_name = "recovery"
   recovery_container = {
-    name      = "recovery"
+    name      = local.recovery_container_name
     image     = local.sweep_image
     essential = true
     # Named in full, whatever the image's ENTRYPOINT: tini -> the producer's CLI.

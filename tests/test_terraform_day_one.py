@@ -62,6 +62,11 @@ def test_sweep_image_is_the_releases_sweep_tag(module: Module) -> None:
     assert module.outputs["recovery_task_definition_family"]["value"] == (
         "${one(aws_ecs_task_definition.recovery[*].family)}"
     )
+    # What deploy.py needs to register the sweep's revision of a release.
+    template_vars = module.outputs["task_template_vars"]["value"]
+    assert template_vars["SWEEP_FAMILY"] == "${one(aws_ecs_task_definition.recovery[*].family)}"
+    assert template_vars["SWEEP_CONTAINER_NAME"] == "${local.recovery_container_name}"
+    assert module.locals["recovery_container"]["name"] == "${local.recovery_container_name}"
 
 
 # ---------------------------------------------------------------------------------------------
