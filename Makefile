@@ -31,9 +31,23 @@ system-deps:
 	  echo "installing Debian's chromium and chromium-driver"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
+# The AWS provider's schema for deploy/terraform_schema.py: the jsii assembly of the npm package
+# @cdktf/provider-aws (21.22.1 is generated from hashicorp/aws 6.25.0), kept in .tools/.
+PROVIDER_AWS_VERSION := 21.22.1
+PROVIDER_AWS_DIR := .tools/provider-aws/$(PROVIDER_AWS_VERSION)
+PROVIDER_AWS_JSII := $(PROVIDER_AWS_DIR)/package/.jsii
+$(PROVIDER_AWS_JSII):
+	@command -v npm >/dev/null || { echo "installing Debian's npm"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	mkdir -p $(PROVIDER_AWS_DIR)
+	cd $(PROVIDER_AWS_DIR) && npm pack --silent @cdktf/provider-aws@$(PROVIDER_AWS_VERSION) >/dev/null \
+	  && tar -xzf cdktf-provider-aws-$(PROVIDER_AWS_VERSION).tgz package/.jsii package/package.json \
+	  && rm cdktf-provider-aws-$(PROVIDER_AWS_VERSION).tgz
+	touch $@
+
 # checkov (terraform checks) in its own venv: its pins conflict with the project's botocore.
 CHECKOV := .tools/checkov/bin/checkov
-tools: $(CHECKOV)
+tools: $(CHECKOV) $(PROVIDER_AWS_JSII)
 $(CHECKOV):
 	$(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/pip install -q checkov

@@ -1,4 +1,26 @@
-# Operator alarms (to alarm_actions, e.g. an SNS topic): dead letters and a stuck queue.
+# Operator alarms: dead letters and a stuck queue. Every alarm of the module notifies
+# local.alarm_actions: var.alarm_actions, or (null) a topic of the module's own. An empty list
+# would notify nobody: refused unless alarms_silent = true.
+
+resource "aws_sns_topic" "alarms" {
+  count = var.alarm_actions == null ? 1 : 0
+  name  = "${var.name}-alarms"
+  # The module's key: its policy lets CloudWatch alarms use it (logs.tf). Alarms cannot publish
+  # to a topic under the AWS managed alias/aws/sns.
+  kms_master_key_id = aws_kms_key.this.arn
+  tags              = local.tags
+}
+
+resource "aws_sns_topic_subscription" "alarm_emails" {
+  for_each  = var.alarm_actions == null ? toset(var.alarm_emails) : toset([])
+  topic_arn = aws_sns_topic.alarms[0].arn
+  protocol  = "email"
+  endpoint  = each.value
+}
+
+locals {
+  alarm_actions = coalesce(var.alarm_actions, aws_sns_topic.alarms[*].arn)
+}
 
 resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
   alarm_name          = "${var.name}-dlq-not-empty"
@@ -12,9 +34,16 @@ resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.dlq_alarm_threshold
   treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
   tags                = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = var.alarm_actions == null || length(coalesce(var.alarm_actions, [])) > 0 || var.alarms_silent
+      error_message = "alarm_actions = [] notifies nobody: pass SNS topic ARNs, leave it null (the module creates a topic; alarm_emails subscribe to it), or set alarms_silent = true."
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
@@ -30,7 +59,7 @@ resource "aws_cloudwatch_metric_alarm" "oldest_message_age" {
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.oldest_message_alarm_seconds
   treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
   tags                = local.tags
 }

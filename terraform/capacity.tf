@@ -27,11 +27,12 @@ resource "terraform_data" "gpu_ami" {
   }
 }
 
+# The instance types come from the group's mixed instances policy (instance_types, optional
+# Spot), not from the template.
 resource "aws_launch_template" "gpu" {
-  count         = local.gpu ? 1 : 0
-  name_prefix   = "${var.name}-gpu-"
-  image_id      = coalesce(var.gpu_ami_id, one(terraform_data.gpu_ami[*].output))
-  instance_type = var.instance_type
+  count       = local.gpu ? 1 : 0
+  name_prefix = "${var.name}-gpu-"
+  image_id    = coalesce(var.gpu_ami_id, one(terraform_data.gpu_ami[*].output))
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.instance[0].arn
@@ -54,8 +55,11 @@ resource "aws_launch_template" "gpu" {
   block_device_mappings {
     device_name = "/dev/xvda"
     ebs {
-      volume_size           = var.root_volume_size_gb
-      volume_type           = "gp3"
+      volume_size = var.root_volume_size_gb
+      volume_type = "gp3"
+      # Cold start: each new instance pulls the image (GiBs) onto this volume.
+      throughput            = var.root_volume_throughput
+      iops                  = var.root_volume_iops
       encrypted             = true
       delete_on_termination = true
     }
@@ -70,6 +74,7 @@ resource "aws_launch_template" "gpu" {
     ECS_AWSVPC_BLOCK_IMDS=true
     ECS_CONTAINER_STOP_TIMEOUT=${var.stop_timeout_seconds}s
     ECS_ENABLE_CONTAINER_METADATA=true
+    ECS_ENABLE_SPOT_INSTANCE_DRAINING=${var.spot}
     CONFIG
   EOT
   )
@@ -105,15 +110,45 @@ resource "aws_autoscaling_group" "gpu" {
   health_check_type         = "EC2"
   health_check_grace_period = 300
 
-  launch_template {
-    id      = aws_launch_template.gpu[0].id
-    version = aws_launch_template.gpu[0].latest_version
+  # Spot: replace an instance at risk of interruption before it is reclaimed (the new one starts
+  # first; ECS drains the old one, ECS_ENABLE_SPOT_INSTANCE_DRAINING on the two-minute notice).
+  capacity_rebalance = var.spot
+
+  mixed_instances_policy {
+    instances_distribution {
+      on_demand_base_capacity                  = 0
+      on_demand_percentage_above_base_capacity = var.spot ? 0 : 100
+      on_demand_allocation_strategy            = "prioritized"
+      spot_allocation_strategy                 = "price-capacity-optimized"
+    }
+
+    launch_template {
+      launch_template_specification {
+        launch_template_id = aws_launch_template.gpu[0].id
+        version            = aws_launch_template.gpu[0].latest_version
+      }
+
+      dynamic "override" {
+        for_each = var.instance_types
+        content {
+          instance_type = override.value
+        }
+      }
+    }
   }
 
+  # A new launch template version (AMI, user data) replaces the instances. Every instance that
+  # runs a task is scale-in protected (managed termination protection): "Refresh" replaces those
+  # too, and managed draining moves their tasks off first (SIGTERM, DRAIN_SECONDS; the messages
+  # go back to the queue). The default "Ignore" would leave exactly the busy instances on the old
+  # AMI. skip_matching: instances already on the new version stay.
   instance_refresh {
     strategy = "Rolling"
     preferences {
-      min_healthy_percentage = 0
+      min_healthy_percentage       = 0
+      skip_matching                = true
+      scale_in_protected_instances = "Refresh"
+      standby_instances            = "Terminate"
     }
   }
 
@@ -137,11 +172,16 @@ resource "aws_autoscaling_group" "gpu" {
     # ECS managed scaling owns the size of the group.
     ignore_changes = [desired_capacity]
     precondition {
-      # One task per instance (one GPU each by default): a rollout at full scale starts new tasks before the old ones leave
-      # (deployment_maximum_percent), so the group needs room beyond max_tasks, or the
-      # deployment must be allowed to stop old tasks first (minimum healthy below 100 %).
-      condition     = var.deployment_minimum_healthy_percent < 100 || var.max_instances > var.max_tasks
-      error_message = "With deployment_minimum_healthy_percent = 100 a rollout at max_tasks cannot place a new task: raise max_instances above max_tasks or lower deployment_minimum_healthy_percent."
+      # One task per instance (one GPU each): the deploy gate (deploy.py's selfcheck, a one-off
+      # task on this capacity provider) needs an instance beyond max_tasks, or at full scale it
+      # stays PROVISIONING and the deploy (and a rollback through the gate) fails. The same spare
+      # lets a rollout at full scale with 100 % minimum healthy place its first new task.
+      condition     = var.max_instances > var.max_tasks
+      error_message = "max_instances must be at least max_tasks + 1: the deploy gate's selfcheck task needs a GPU instance of its own when the service runs max_tasks."
+    }
+    precondition {
+      condition     = var.root_volume_throughput <= var.root_volume_iops / 4
+      error_message = "gp3 allows at most 0.25 MiB/s of throughput per IOPS: raise root_volume_iops to 4 x root_volume_throughput."
     }
   }
 }
@@ -158,6 +198,8 @@ resource "aws_ecs_capacity_provider" "gpu" {
     managed_scaling {
       status = "ENABLED"
       # 100: no idle spare instance; a new task waits for an instance (minutes) when none is free.
+      # The deploy gate's extra task gets its instance the same way: max_instances > max_tasks
+      # leaves the group room for it (docs/deploy.md, "Room for the deploy gate").
       target_capacity           = 100
       minimum_scaling_step_size = 1
       maximum_scaling_step_size = min(var.max_instances, 10)

@@ -55,10 +55,11 @@ data "aws_iam_policy_document" "execution" {
     resources = ["${aws_cloudwatch_log_group.worker.arn}:*"]
   }
 
+  # The worker's secret and the recovery sweep's (the same ARN when the sweep has none).
   statement {
     sid       = "ReadDatabaseUrlSecret"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [local.database_url_secret_arn]
+    resources = distinct([local.database_url_secret_arn, local.sweep_database_url_secret_arn])
   }
 
   dynamic "statement" {
@@ -108,6 +109,10 @@ locals {
   source_bucket_arn = "arn:${local.partition}:s3:::${var.source_bucket}"
   source_object_arn = "arn:${local.partition}:s3:::${var.source_bucket}/${var.source_prefix}*"
   result_object_arn = "arn:${local.partition}:s3:::${local.result_bucket}/${var.result_prefix}*"
+  result_bucket_kms_key_arn = (
+    var.result_bucket_kms_key_arn != null ? var.result_bucket_kms_key_arn
+    : local.result_bucket == var.source_bucket ? var.source_bucket_kms_key_arn : null
+  )
 }
 
 data "aws_iam_policy_document" "task" {
@@ -156,6 +161,36 @@ data "aws_iam_policy_document" "task" {
     sid       = "WriteCutouts"
     actions   = ["s3:PutObject"]
     resources = [local.result_object_arn]
+  }
+
+  # SSE-KMS buckets: S3 decrypts sources and encrypts cut-outs with the caller's rights on the
+  # key, and only through S3 (kms:ViaService).
+  dynamic "statement" {
+    for_each = var.source_bucket_kms_key_arn == null ? [] : [1]
+    content {
+      sid       = "DecryptSourcePhotos"
+      actions   = ["kms:Decrypt"]
+      resources = [var.source_bucket_kms_key_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.result_bucket_kms_key_arn == null ? [] : [1]
+    content {
+      sid       = "EncryptCutouts"
+      actions   = ["kms:GenerateDataKey"]
+      resources = [local.result_bucket_kms_key_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${local.region}.amazonaws.com"]
+      }
+    }
   }
 
   dynamic "statement" {

@@ -1,6 +1,6 @@
 # The worker's log group (awslogs driver; JSON lines from structlog), encrypted with a key of its
-# own that only this account and CloudWatch Logs (for this log group) may use. The same key
-# encrypts the DATABASE_URL secret when the module creates it.
+# own that only this account, CloudWatch Logs (for this log group) and CloudWatch alarms (for the
+# module's alarm topic) may use. The same key encrypts the DATABASE_URL secrets the module creates.
 
 data "aws_iam_policy_document" "logs_key" {
   # In a key policy, Resource "*" means "this key": key policies are attached to one key.
@@ -35,6 +35,23 @@ data "aws_iam_policy_document" "logs_key" {
       test     = "ArnEquals"
       variable = "kms:EncryptionContext:aws:logs:arn"
       values   = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/ecs/${var.name}"]
+    }
+  }
+
+  # The module's alarm topic (alarms.tf) is encrypted with this key: CloudWatch alarms publish to
+  # it only if they may use the key (they cannot use the AWS managed alias/aws/sns).
+  statement {
+    sid       = "CloudWatchAlarmsPublish"
+    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
     }
   }
 }

@@ -5,6 +5,8 @@
 #   autoscaling.tf (scaling)   iam.tf (roles)               security.tf (security groups)
 #   logs.tf (log group + key)  alarms.tf (queue alarms)     secrets.tf (DATABASE_URL)
 #   metrics.tf (optional ADOT sidecar -> Amazon Managed Prometheus)
+#   recovery.tf (the scheduled sweep)  endpoints.tf (optional VPC endpoints)
+#   deployer.tf (the CI role's policy, an output)
 
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
@@ -19,7 +21,7 @@ locals {
   # the CPU build of the image; same queue, same scaling on backlog, same alarms.
   gpu = var.compute == "gpu"
 
-  region     = data.aws_region.current.name
+  region     = data.aws_region.current.region
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
 

@@ -72,6 +72,8 @@ locals {
     memory                 = 512
     readonlyRootFilesystem = true
     user                   = "10001:10001"
+    linuxParameters        = { capabilities = { drop = ["ALL"] } }
+    dockerSecurityOptions  = local.gpu ? ["no-new-privileges"] : null
     environment            = [{ name = "AOT_CONFIG_CONTENT", value = local.adot_config }]
     logConfiguration = {
       logDriver = "awslogs"

@@ -161,5 +161,34 @@ output "task_template_vars" {
     ADOT_IMAGE                 = var.adot_image
     ADOT_CONFIG                = var.enable_metrics_sidecar ? local.adot_config : ""
     EXTRA_ENVIRONMENT          = merge(var.extra_environment, local.database_environment)
+    # The recovery sweep (null when disabled): deploy.py registers each release's revision in
+    # this family with the container's image set to <repository>:<tag>-sweep.
+    SWEEP_FAMILY         = one(aws_ecs_task_definition.recovery[*].family)
+    SWEEP_CONTAINER_NAME = local.recovery_container_name
   }
+}
+
+output "deployer_policy_json" {
+  description = "IAM policy for the CI role that releases: push to this repository and what deploy/ecs/deploy.py calls (register the worker's and the sweep's revisions, run the selfcheck gate, update the service, pass the task roles)."
+  value       = data.aws_iam_policy_document.deployer.json
+}
+
+output "deployer_policy_arn" {
+  description = "The deployer policy as a managed policy: attach it to the CI role."
+  value       = aws_iam_policy.deployer.arn
+}
+
+output "alarm_topic_arn" {
+  description = "The SNS topic the module created for its alarms (null when alarm_actions is given)."
+  value       = one(aws_sns_topic.alarms[*].arn)
+}
+
+output "sweep_image" {
+  description = "Image of the recovery sweep's task definition revision Terraform registered (<repository>:<tag>-sweep unless sweep_image is set)."
+  value       = local.sweep_image
+}
+
+output "sweep_database_url_secret_arn" {
+  description = "Secrets Manager secret of the recovery sweep's database credentials (put the image_producer URL there if the module created it)."
+  value       = local.sweep_database_url_secret_arn
 }

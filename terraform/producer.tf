@@ -48,6 +48,21 @@ data "aws_iam_policy_document" "producer" {
     resources = [local.source_bucket_arn]
   }
 
+  # An SSE-KMS source bucket: uploads encrypt (GenerateDataKey), HeadObject/GetObject decrypt.
+  dynamic "statement" {
+    for_each = var.source_bucket_kms_key_arn == null ? [] : [1]
+    content {
+      sid       = "SourceBucketKey"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = [var.source_bucket_kms_key_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+
   dynamic "statement" {
     for_each = var.queue_kms_key_arn == null ? [] : [1]
     content {

@@ -73,14 +73,14 @@ variable "recovery_max_per_second" {
   }
 }
 
-variable "recovery_image_tag" {
+variable "sweep_image" {
   type        = string
-  description = "Image tag of the sweep task. Null: the CPU build, image_tag with compute = cpu and \"<image_tag>-cpu\" with compute = gpu (the sweep loads no model and needs no GPU)."
+  description = "Image of the recovery sweep task (the producer image, Dockerfile target sweep). Null: \"<repository>:<image_tag without -cpu>-sweep\", the tag deploy/ecs/deploy.py pushes and rolls out with the worker."
   default     = null
 
   validation {
-    condition     = var.recovery_image_tag == null || can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.recovery_image_tag))
-    error_message = "recovery_image_tag must be null or a valid Docker tag."
+    condition     = var.sweep_image == null || can(regex("^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$", coalesce(var.sweep_image, "x")))
+    error_message = "sweep_image must be an image reference with a tag or a sha256 digest (repository:tag)."
   }
 }
 
@@ -99,8 +99,10 @@ locals {
   recovery_count = var.enable_recovery_sweep ? 1 : 0
   # Keep in step with api_client/recovery.py (EMF_NAMESPACE, SweepReport.metrics()).
   recovery_metric_namespace = "ImageWorker/Recovery"
-  recovery_image_tag        = coalesce(var.recovery_image_tag, local.gpu ? "${var.image_tag}-cpu" : var.image_tag)
-  recovery_period_seconds   = 60 * var.recovery_schedule_minutes
+  # The producer image (no ML stack) that deploy/ecs/deploy.py builds, pushes and rolls out with
+  # the worker under the same release tag: <tag>-sweep (the CPU worker's image_tag is <tag>-cpu).
+  sweep_image             = coalesce(var.sweep_image, "${aws_ecr_repository.this.repository_url}:${trimsuffix(var.image_tag, "-cpu")}-sweep")
+  recovery_period_seconds = 60 * var.recovery_schedule_minutes
 
   # Names read by api_client/settings.py and api_client/recovery.py.
   recovery_environment = merge(local.database_environment, {
@@ -112,18 +114,21 @@ locals {
     SWEEP_MAX_PER_SECOND        = tostring(var.recovery_max_per_second)
   })
 
+  recovery_container_name = "recovery"
   recovery_container = {
-    name      = "recovery"
-    image     = "${aws_ecr_repository.this.repository_url}:${local.recovery_image_tag}"
+    name      = local.recovery_container_name
+    image     = local.sweep_image
     essential = true
-    # The image's ENTRYPOINT is tini -> image-worker; this task runs the producer's CLI instead.
+    # Named in full, whatever the image's ENTRYPOINT: tini -> the producer's CLI.
     entryPoint             = ["/usr/bin/tini", "--", "image-jobs"]
     command                = ["sweep", "--emf"]
     user                   = "10001:10001"
     readonlyRootFilesystem = true
-    stopTimeout            = 30
-    environment            = [for k in sort(keys(local.recovery_environment)) : { name = k, value = local.recovery_environment[k] }]
-    secrets                = local.database_secrets
+    # Fargate: no dockerSecurityOptions (no-new-privileges); capabilities may only be dropped.
+    linuxParameters = { capabilities = { drop = ["ALL"] } }
+    stopTimeout     = 30
+    environment     = [for k in sort(keys(local.recovery_environment)) : { name = k, value = local.recovery_environment[k] }]
+    secrets         = local.sweep_database_secrets
     logConfiguration = {
       logDriver = "awslogs"
       options = {
@@ -241,6 +246,19 @@ data "aws_iam_policy_document" "scheduler" {
     }
   }
 
+  # propagate_tags = TASK_DEFINITION: RunTask tags the task it starts, which ECS authorises as
+  # ecs:TagResource on that task.
+  statement {
+    sid       = "TagTheSweepTask"
+    actions   = ["ecs:TagResource"]
+    resources = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["RunTask"]
+    }
+  }
+
   statement {
     sid       = "PassTheSweepRoles"
     actions   = ["iam:PassRole"]
@@ -277,7 +295,9 @@ resource "aws_scheduler_schedule" "recovery" {
     role_arn = aws_iam_role.scheduler[0].arn
 
     ecs_parameters {
-      task_definition_arn = aws_ecs_task_definition.recovery[0].arn
+      # The family without a revision: RunTask takes its latest ACTIVE revision, so the revision
+      # deploy.py registers with each release's sweep image runs from the next schedule on.
+      task_definition_arn = aws_ecs_task_definition.recovery[0].arn_without_revision
       launch_type         = "FARGATE"
       task_count          = 1
       propagate_tags      = "TASK_DEFINITION"
@@ -314,8 +334,8 @@ resource "aws_cloudwatch_metric_alarm" "queue_failed_stuck" {
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.recovery_alarm_queue_failed_seconds
   treat_missing_data  = "notBreaching" # no sweep at all: the sweep-not-running alarm
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
   tags                = local.tags
 }
 
@@ -333,8 +353,8 @@ resource "aws_cloudwatch_metric_alarm" "sweep_not_running" {
   comparison_operator = "LessThanThreshold"
   threshold           = 1
   treat_missing_data  = "breaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
   tags                = local.tags
 }
 
@@ -346,6 +366,11 @@ output "recovery_schedule_name" {
 output "recovery_task_definition_arn" {
   description = "Task definition of the recovery sweep; run one pass by hand with `aws ecs run-task` (Fargate, the tasks' subnets and security group)."
   value       = one(aws_ecs_task_definition.recovery[*].arn)
+}
+
+output "recovery_task_definition_family" {
+  description = "Task definition family of the recovery sweep (null when disabled): deploy.py registers each release's revision (image <tag>-sweep) in it; the schedule runs the latest."
+  value       = one(aws_ecs_task_definition.recovery[*].family)
 }
 
 output "recovery_task_role_arn" {

@@ -9,8 +9,9 @@
 #   `username` and `password`; the rotation-template format also has host, port, dbname). ECS
 #   injects one JSON key per variable (valueFrom "<arn>:<key>::"): PGUSER and PGPASSWORD, plus
 #   PGHOST/PGPORT/PGDATABASE from the secret when database_host is null. DATABASE_URL is then a
-#   plain URL without credentials (`postgresql://host:port/db`, or `postgresql://` when the
-#   secret holds the host); asyncpg takes the missing parts from the PG* variables.
+#   URL without credentials (`postgresql://host:port/db`, or `postgresql://` when the secret holds
+#   the host) with `?sslmode=verify-full&sslrootcert=<the RDS CA bundle in the image>`; asyncpg
+#   takes the missing parts from the PG* variables. A URL secret should carry the same query.
 #
 # Rotation: ECS reads secrets when a task starts. A rotated password is not seen by running tasks:
 # their open connections keep working, a new connection fails to authenticate until the task is
@@ -28,11 +29,28 @@ resource "aws_secretsmanager_secret" "database_url" {
   tags                    = local.tags
 }
 
+# The recovery sweep connects as its own, least-privilege role (image_producer; the worker as
+# image_worker; both made by migration 0006): a secret of its own, in the same format. With format
+# url and no sweep_database_url_secret_arn the module creates an empty one to fill like the first.
+resource "aws_secretsmanager_secret" "sweep_database_url" {
+  count = var.sweep_database_url_secret_arn == null && var.database_secret_format == "url" ? 1 : 0
+  #checkov:skip=CKV2_AWS_57:This module-created secret holds a URL whose password belongs to the database; Secrets Manager rotation cannot rewrite a URL. For rotation use RDS-managed or rotation-template JSON secrets (database_secret_format = rds_json).
+
+  name_prefix             = "${var.name}/sweep-database-url-"
+  description             = "PostgreSQL URL of the ${var.name} recovery sweep (DATABASE_URL, role image_producer)"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+  tags                    = local.tags
+}
+
 locals {
   database_url_secret_arn = coalesce(var.database_url_secret_arn, one(aws_secretsmanager_secret.database_url[*].arn))
-  # Keys whose Decrypt the execution role needs to read the secret.
+  sweep_database_url_secret_arn = coalesce(
+    var.sweep_database_url_secret_arn, one(aws_secretsmanager_secret.sweep_database_url[*].arn), local.database_url_secret_arn
+  )
+  # Keys whose Decrypt the execution role needs to read the secrets.
   secret_kms_key_arns = compact([
-    var.database_url_secret_arn == null ? aws_kms_key.this.arn : null,
+    var.database_url_secret_arn == null || var.sweep_database_url_secret_arn == null ? aws_kms_key.this.arn : null,
     var.database_url_secret_kms_key_arn,
   ])
 
@@ -46,7 +64,14 @@ locals {
     for name in sort(keys(local.database_json_keys)) :
     { name = name, valueFrom = "${local.database_url_secret_arn}:${local.database_json_keys[name]}::" }
   ] : [{ name = "DATABASE_URL", valueFrom = local.database_url_secret_arn }]
+  sweep_database_secrets = local.database_json ? [
+    for name in sort(keys(local.database_json_keys)) :
+    { name = name, valueFrom = "${local.sweep_database_url_secret_arn}:${local.database_json_keys[name]}::" }
+  ] : [{ name = "DATABASE_URL", valueFrom = local.sweep_database_url_secret_arn }]
+  # TLS with the server's certificate checked against the CA bundle in the image (asyncpg reads
+  # sslmode and sslrootcert from the URL); host, user and password come from the PG* variables.
+  database_tls_query = "sslmode=${var.database_sslmode}&sslrootcert=${var.database_ca_bundle_path}"
   database_environment = local.database_json ? {
-    DATABASE_URL = var.database_host == null ? "postgresql://" : "postgresql://${var.database_host}:${var.database_port}/${var.database_name}"
+    DATABASE_URL = var.database_host == null ? "postgresql://?${local.database_tls_query}" : "postgresql://${var.database_host}:${var.database_port}/${var.database_name}?${local.database_tls_query}"
   } : {}
 }

@@ -1,11 +1,13 @@
-# Security groups. Nothing is reachable from the internet: the only inbound rule is the metrics
-# port (/metrics, /healthz), and only from inside the VPC (Prometheus / ADOT scrapers).
+# Security groups. No inbound rule by default: the metrics sidecar scrapes /metrics over
+# localhost (the task's one network namespace) and ECS runs the health check inside the
+# container. Scrapers elsewhere get the metrics port only from their own security groups
+# (metrics_scraper_security_group_ids), never from a CIDR.
 # Egress: HTTPS for the AWS APIs (ECS, ECR, SQS, S3, Secrets Manager, CloudWatch; through NAT or
 # VPC endpoints), PostgreSQL to the database CIDRs, DNS to the VPC resolver.
 
 resource "aws_security_group" "tasks" {
   name_prefix = "${var.name}-tasks-"
-  description = "image-worker tasks (awsvpc ENIs): metrics port from the VPC only"
+  description = "image-worker tasks (awsvpc ENIs): metrics port from the scrapers only"
   vpc_id      = var.vpc_id
   tags        = merge(local.tags, { "Name" = "${var.name}-tasks" })
 
@@ -15,12 +17,13 @@ resource "aws_security_group" "tasks" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "tasks_metrics" {
-  security_group_id = aws_security_group.tasks.id
-  description       = "Prometheus scrape of /metrics and /healthz from inside the VPC"
-  ip_protocol       = "tcp"
-  from_port         = var.metrics_port
-  to_port           = var.metrics_port
-  cidr_ipv4         = local.vpc_cidr
+  for_each                     = toset(var.metrics_scraper_security_group_ids)
+  security_group_id            = aws_security_group.tasks.id
+  description                  = "Prometheus scrape of /metrics from a scraper's security group"
+  ip_protocol                  = "tcp"
+  from_port                    = var.metrics_port
+  to_port                      = var.metrics_port
+  referenced_security_group_id = each.value
 }
 
 resource "aws_vpc_security_group_egress_rule" "tasks_https" {

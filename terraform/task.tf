@@ -28,10 +28,14 @@ locals {
   }
   worker_environment = merge(var.extra_environment, local.database_environment, local.worker_environment_managed)
 
-  # /tmp: a tmpfs on EC2; Fargate has no tmpfs, so a task-scoped volume (its ephemeral storage).
-  tmp_linux_parameters = local.gpu ? {
-    tmpfs = [{ containerPath = "/tmp", size = 1024, mountOptions = ["rw", "nosuid", "nodev"] }]
-  } : null
+  # Hardening: no Linux capabilities at all (the worker runs as uid 10001 and needs none; the
+  # GPU reaches the container as device nodes, not through a capability) and a read-only root.
+  # /tmp: a noexec tmpfs on EC2; Fargate has no tmpfs, so a task-scoped volume there (its
+  # ephemeral storage; no mount options, so not noexec).
+  worker_linux_parameters = merge(
+    { capabilities = { drop = ["ALL"] } },
+    local.gpu ? { tmpfs = [{ containerPath = "/tmp", size = 1024, mountOptions = ["rw", "nosuid", "nodev", "noexec"] }] } : null,
+  )
   tmp_mount_points = local.gpu ? [] : [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }]
 
   worker_container = {
@@ -49,9 +53,11 @@ locals {
     environment            = [for k in sort(keys(local.worker_environment)) : { name = k, value = local.worker_environment[k] }]
     secrets                = local.database_secrets
     # The only writable path: numba's cache (NUMBA_CACHE_DIR=/tmp/numba-cache) and scratch.
-    linuxParameters = local.tmp_linux_parameters
+    linuxParameters = local.worker_linux_parameters
     mountPoints     = local.tmp_mount_points
-    ulimits = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
+    # no-new-privileges: the EC2 launch type only (Fargate rejects dockerSecurityOptions).
+    dockerSecurityOptions = local.gpu ? ["no-new-privileges"] : null
+    ulimits               = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
     healthCheck = {
       command     = ["CMD", "image-worker", "healthcheck"]
       interval    = 30

@@ -7,8 +7,10 @@ variable "name" {
   default     = "image-worker"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,30}[a-z0-9]$", var.name))
-    error_message = "name must be 3-32 characters of lower-case letters, digits and hyphens."
+    # 31: IAM role name_prefix values are at most 38 characters, and the longest this module
+    # builds is "<name>-sched-" / "<name>-sweep-" (name + 7).
+    condition     = can(regex("^[a-z][a-z0-9-]{1,29}[a-z0-9]$", var.name))
+    error_message = "name must be 3-31 characters of lower-case letters, digits and hyphens (IAM role name prefixes such as \"<name>-sweep-\" may not pass 38 characters)."
   }
 }
 
@@ -145,8 +147,17 @@ variable "source_bucket" {
 
 variable "source_prefix" {
   type        = string
-  description = "Key prefix of the source photos; empty for the whole bucket."
-  default     = ""
+  description = "Key prefix of the source photos (the producer may PutObject under it, the worker GetObject). In the result bucket it must not overlap result_prefix: producers could otherwise overwrite cut-outs."
+  default     = "sources/"
+
+  validation {
+    # Terraform >= 1.9: a validation may read other variables.
+    condition = (
+      coalesce(var.result_bucket, var.source_bucket) != var.source_bucket
+      || !(startswith(var.result_prefix, var.source_prefix) || startswith(var.source_prefix, var.result_prefix))
+    )
+    error_message = "source_prefix and result_prefix overlap in the same bucket (one starts with the other, or source_prefix is empty): the producer's PutObject on the source prefix would cover the cut-outs. Use disjoint prefixes (e.g. sources/ and cutouts/) or a separate result_bucket."
+  }
 }
 
 variable "result_bucket" {
@@ -210,6 +221,61 @@ variable "database_name" {
   }
 }
 
+variable "sweep_database_url_secret_arn" {
+  type        = string
+  description = "Secrets Manager secret of the recovery sweep's database credentials, in the same database_secret_format, for the least-privilege producer role (image_producer, migration 0006). Null: with format url the module creates an empty URL secret for it; with rds_json the sweep uses database_url_secret_arn (the worker's user)."
+  default     = null
+
+  validation {
+    condition     = var.sweep_database_url_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", coalesce(var.sweep_database_url_secret_arn, "x")))
+    error_message = "sweep_database_url_secret_arn must be a Secrets Manager secret ARN."
+  }
+}
+
+variable "database_sslmode" {
+  type        = string
+  description = "With database_secret_format = rds_json: sslmode of the DATABASE_URL the module builds. verify-full checks the server certificate against database_ca_bundle_path and its host name."
+  default     = "verify-full"
+
+  validation {
+    condition     = contains(["verify-full", "verify-ca", "require"], var.database_sslmode)
+    error_message = "database_sslmode must be verify-full, verify-ca or require (never a mode that falls back to plain text)."
+  }
+}
+
+variable "database_ca_bundle_path" {
+  type        = string
+  description = "With database_secret_format = rds_json: the CA bundle inside the image that verifies the database's certificate (sslrootcert). The image ships the RDS global bundle here."
+  default     = "/etc/ssl/certs/rds-global-bundle.pem"
+
+  validation {
+    condition     = can(regex("^/[A-Za-z0-9_./-]+$", var.database_ca_bundle_path))
+    error_message = "database_ca_bundle_path must be an absolute path."
+  }
+}
+
+variable "source_bucket_kms_key_arn" {
+  type        = string
+  description = "Customer managed KMS key of the source bucket's SSE-KMS encryption, if any: the worker gets kms:Decrypt and the producer policy kms:GenerateDataKey/kms:Decrypt on it, through S3 only."
+  default     = null
+
+  validation {
+    condition     = var.source_bucket_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", coalesce(var.source_bucket_kms_key_arn, "x")))
+    error_message = "source_bucket_kms_key_arn must be a KMS key ARN."
+  }
+}
+
+variable "result_bucket_kms_key_arn" {
+  type        = string
+  description = "Customer managed KMS key of the result bucket's SSE-KMS encryption, if any: the worker gets kms:GenerateDataKey on it, through S3 only. Null with the result bucket = the source bucket: source_bucket_kms_key_arn."
+  default     = null
+
+  validation {
+    condition     = var.result_bucket_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:", coalesce(var.result_bucket_kms_key_arn, "x")))
+    error_message = "result_bucket_kms_key_arn must be a KMS key ARN."
+  }
+}
+
 variable "database_url_secret_kms_key_arn" {
   type        = string
   description = "Customer managed KMS key of an existing database_url_secret_arn, if any (the execution role gets kms:Decrypt on it)."
@@ -231,12 +297,12 @@ variable "image_tag" {
 
 variable "ecr_keep_images" {
   type        = number
-  description = "Tagged images the ECR lifecycle policy keeps (older ones expire; untagged ones after 7 days)."
+  description = "Releases the ECR lifecycle policy keeps per image kind (worker <tag> or <tag>-cpu, sweep <tag>-sweep): the rollback window. The tags Terraform's own task definitions name are never expired; untagged images expire after 7 days (ecr.tf)."
   default     = 30
 
   validation {
-    condition     = var.ecr_keep_images >= 1 && var.ecr_keep_images <= 1000
-    error_message = "ecr_keep_images must be between 1 and 1000."
+    condition     = var.ecr_keep_images >= 5 && var.ecr_keep_images <= 1000 && floor(var.ecr_keep_images) == var.ecr_keep_images
+    error_message = "ecr_keep_images must be a whole number between 5 and 1000 (a deploy and its rollback targets must survive a few CI pushes)."
   }
 }
 
@@ -391,17 +457,23 @@ variable "extra_environment" {
 # ---------------------------------------------------------------------------------------------
 # GPU capacity
 # ---------------------------------------------------------------------------------------------
-variable "instance_type" {
-  type        = string
-  description = "EC2 GPU instance type of the capacity provider (one task per GPU)."
-  default     = "g4dn.xlarge"
+variable "instance_types" {
+  type        = list(string)
+  description = "EC2 GPU instance types of the capacity provider, in order of preference (a mixed instances policy: a shortage of one type in an AZ does not stall scale-out). Keep them the same size (one GPU each): ECS managed scaling assumes similar instances, and one task uses one GPU."
+  default     = ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]
 
   validation {
     # x86_64 only: the AMI (ECS GPU, Amazon Linux 2023 x86_64) and the image are x86_64, so the
     # Graviton g5g family is refused.
-    condition     = can(regex("^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\\.[0-9a-z]+$", var.instance_type))
-    error_message = "instance_type must be an x86_64 NVIDIA GPU instance type (g4dn, g5, g6, g6e, gr6, p3, p4d, p5 families; not the arm64 g5g)."
+    condition     = length(var.instance_types) >= 1 && length(var.instance_types) <= 20 && alltrue([for t in var.instance_types : can(regex("^(g4dn|g5|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\\.[0-9a-z]+$", t))])
+    error_message = "instance_types must list 1-20 x86_64 NVIDIA GPU instance types (g4dn, g5, g6, g6e, gr6, p3, p4d, p5 families; not the arm64 g5g)."
   }
+}
+
+variable "spot" {
+  type        = bool
+  description = "Run the GPU instances on Spot (price-capacity-optimized across instance_types) with capacity rebalancing and ECS Spot draining: an interrupted instance's tasks stop with SIGTERM and their messages return to the queue. Off: on-demand."
+  default     = false
 }
 
 variable "gpu_ami_id" {
@@ -412,6 +484,28 @@ variable "gpu_ami_id" {
   validation {
     condition     = var.gpu_ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", coalesce(var.gpu_ami_id, "x")))
     error_message = "gpu_ami_id must look like ami-0123456789abcdef0."
+  }
+}
+
+variable "root_volume_throughput" {
+  type        = number
+  description = "gp3 throughput (MiB/s) of each GPU instance's root volume: every new instance pulls the multi-GiB image through it (gp3's baseline is 125)."
+  default     = 500
+
+  validation {
+    condition     = var.root_volume_throughput >= 125 && var.root_volume_throughput <= 1000 && floor(var.root_volume_throughput) == var.root_volume_throughput
+    error_message = "root_volume_throughput must be a whole number of MiB/s from 125 to 1000 (the gp3 range)."
+  }
+}
+
+variable "root_volume_iops" {
+  type        = number
+  description = "gp3 IOPS of each GPU instance's root volume (3000 is included; gp3 allows throughput up to IOPS / 4)."
+  default     = 3000
+
+  validation {
+    condition     = var.root_volume_iops >= 3000 && var.root_volume_iops <= 16000 && floor(var.root_volume_iops) == var.root_volume_iops
+    error_message = "root_volume_iops must be a whole number from 3000 to 16000."
   }
 }
 
@@ -428,8 +522,8 @@ variable "root_volume_size_gb" {
 
 variable "max_instances" {
   type        = number
-  description = "Upper bound of the GPU Auto Scaling group (the lower bound is 0)."
-  default     = 10
+  description = "Upper bound of the GPU Auto Scaling group (the lower bound is 0). At least max_tasks + 1: the deploy gate (a one-off selfcheck task) needs a GPU of its own at full scale."
+  default     = 11
 
   validation {
     condition     = var.max_instances >= 1 && var.max_instances <= 1000
@@ -533,8 +627,30 @@ variable "scale_to_zero_after_minutes" {
 # ---------------------------------------------------------------------------------------------
 variable "alarm_actions" {
   type        = list(string)
-  description = "SNS topic ARNs notified by the DLQ-depth and oldest-message alarms."
+  description = "SNS topic ARNs notified by every alarm of the module. Null: the module creates an encrypted topic (output alarm_topic_arn) and subscribes alarm_emails to it. An empty list notifies nobody and is refused unless alarms_silent = true."
+  default     = null
+
+  validation {
+    condition     = var.alarm_actions == null || alltrue([for a in coalesce(var.alarm_actions, []) : can(regex("^arn:aws[a-z-]*:(sns|lambda|ssm|autoscaling|ec2|ssm-incidents):", a))])
+    error_message = "alarm_actions must be null or a list of action ARNs (SNS topics, etc.)."
+  }
+}
+
+variable "alarms_silent" {
+  type        = bool
+  description = "Allow alarm_actions = []: alarms change state in CloudWatch but notify nobody (a test account)."
+  default     = false
+}
+
+variable "alarm_emails" {
+  type        = list(string)
+  description = "With alarm_actions = null: e-mail addresses subscribed to the module's alarm topic (each confirms by mail)."
   default     = []
+
+  validation {
+    condition     = alltrue([for e in var.alarm_emails : can(regex("^[^@ ]+@[^@ ]+\\.[^@ ]+$", e))])
+    error_message = "alarm_emails must be e-mail addresses."
+  }
 }
 
 variable "oldest_message_alarm_seconds" {
@@ -580,6 +696,34 @@ variable "adot_image" {
   type        = string
   description = "AWS Distro for OpenTelemetry collector image of the metrics sidecar."
   default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3"
+}
+
+variable "metrics_scraper_security_group_ids" {
+  type        = list(string)
+  description = "Security groups of Prometheus scrapers allowed to reach the metrics port of the tasks. Empty (default): no inbound rule at all; the metrics sidecar scrapes over localhost and ECS runs the health check inside the container."
+  default     = []
+
+  validation {
+    condition     = alltrue([for g in var.metrics_scraper_security_group_ids : can(regex("^sg-[0-9a-f]{8,17}$", g))])
+    error_message = "metrics_scraper_security_group_ids must be security group ids (sg-...)."
+  }
+}
+
+variable "enable_vpc_endpoints" {
+  type        = bool
+  description = "Create VPC endpoints in vpc_id so that image pulls and AWS API calls skip the NAT gateway: S3 (gateway, on the subnets' route tables) and interface endpoints for ECR (api, dkr), SQS, CloudWatch Logs and Secrets Manager. Off when the VPC has them already."
+  default     = false
+}
+
+variable "vpc_endpoint_route_table_ids" {
+  type        = list(string)
+  description = "With enable_vpc_endpoints: route tables the S3 gateway endpoint is added to. Null: the route tables explicitly associated with subnet_ids (a subnet on the VPC's main route table has none: name that table here)."
+  default     = null
+
+  validation {
+    condition     = var.vpc_endpoint_route_table_ids == null || alltrue([for t in coalesce(var.vpc_endpoint_route_table_ids, []) : can(regex("^rtb-[0-9a-f]{8,17}$", t))])
+    error_message = "vpc_endpoint_route_table_ids must be route table ids (rtb-...)."
+  }
 }
 
 variable "metrics_scrape_interval_seconds" {

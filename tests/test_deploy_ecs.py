@@ -151,7 +151,8 @@ def test_cpu_template_is_a_fargate_task_with_the_same_settings() -> None:
     assert (task["cpu"], task["memory"]) == ("2048", "4096")
     container = worker_container(task)
     assert "resourceRequirements" not in container
-    assert "linuxParameters" not in container  # Fargate has no tmpfs
+    assert container["linuxParameters"] == {"capabilities": {"drop": ["ALL"]}}  # no tmpfs
+    assert "dockerSecurityOptions" not in container  # Fargate rejects it
     assert container["mountPoints"] == [
         {"sourceVolume": "tmp", "containerPath": "/tmp", "readOnly": False}
     ]

@@ -42,15 +42,16 @@ def test_recovery_lives_in_its_own_file_with_its_variables_and_outputs(module: M
     assert {
         "enable_recovery_sweep", "recovery_schedule_minutes", "recovery_grace_seconds",
         "recovery_pending_after_seconds", "recovery_max_per_pass", "recovery_max_per_second",
-        "recovery_image_tag", "recovery_alarm_queue_failed_seconds",
+        "sweep_image", "recovery_alarm_queue_failed_seconds",
     } == names  # fmt: skip
     for name in names:
         body = module.variables[name]
-        if "number" in str(body["type"]) or name == "recovery_image_tag":
+        if "number" in str(body["type"]) or name == "sweep_image":
             assert body.get("validation"), name
     outputs = {name for output in content["output"] for name in output}
     assert outputs == {
         "recovery_schedule_name", "recovery_task_definition_arn", "recovery_task_role_arn",
+        "recovery_task_definition_family",
     }  # fmt: skip
 
 
@@ -74,7 +75,11 @@ def test_the_schedule_runs_the_sweep_task_on_fargate_in_this_cluster(module: Mod
     assert target["arn"] == "${aws_ecs_cluster.this.arn}"
     assert target["role_arn"] == "${aws_iam_role.scheduler[0].arn}"
     ecs = block(target, "ecs_parameters")
-    assert ecs["task_definition_arn"] == "${aws_ecs_task_definition.recovery[0].arn}"
+    # The family's latest revision: deploy.py registers one per release (image <tag>-sweep), and
+    # the schedule runs it without a schedule update.
+    assert ecs["task_definition_arn"] == (
+        "${aws_ecs_task_definition.recovery[0].arn_without_revision}"
+    )
     assert ecs["launch_type"] == "FARGATE"
     assert ecs["task_count"] == 1
     network = block(ecs, "network_configuration")
@@ -84,7 +89,7 @@ def test_the_schedule_runs_the_sweep_task_on_fargate_in_this_cluster(module: Mod
     assert block(target, "retry_policy")["maximum_retry_attempts"] == 0
 
 
-def test_the_task_runs_image_jobs_sweep_with_the_cpu_image_and_the_database_secret(
+def test_the_task_runs_image_jobs_sweep_with_the_sweep_image_and_its_own_database_secret(
     module: Module,
 ) -> None:
     task = module.resource("aws_ecs_task_definition", "recovery")
@@ -101,13 +106,20 @@ def test_the_task_runs_image_jobs_sweep_with_the_cpu_image_and_the_database_secr
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "image-worker-entrypoint"]' in dockerfile
     assert worker["command"] == ["sweep", "--emf"]
     assert worker["readonlyRootFilesystem"] is True
-    assert worker["secrets"] == "${local.database_secrets}"
+    assert worker["secrets"] == "${local.sweep_database_secrets}"
+    # Hardened like the worker; Fargate takes no dockerSecurityOptions (no-new-privileges).
+    assert worker["linuxParameters"] == {"capabilities": {"drop": ["ALL"]}}
+    assert "dockerSecurityOptions" not in worker
     options = worker["logConfiguration"]["options"]
     assert options["awslogs-group"] == "${aws_cloudwatch_log_group.worker.name}"
     assert worker["logConfiguration"]["logDriver"] == "awslogs"  # EMF lines become metrics
-    tag = module.locals["recovery_image_tag"]
-    assert '"${var.image_tag}-cpu"' in tag
-    assert "var.recovery_image_tag" in tag
+    # The producer image deploy.py ships with each release, not the worker's CPU build.
+    assert worker["image"] == "${local.sweep_image}"
+    image = module.locals["sweep_image"]
+    assert image == (
+        '${coalesce(var.sweep_image, "${aws_ecr_repository.this.repository_url}:'
+        '${trimsuffix(var.image_tag, "-cpu")}-sweep")}'
+    )
 
 
 def producer_setting_names() -> set[str]:
@@ -188,7 +200,19 @@ def test_scheduler_role_runs_only_this_task_and_passes_only_its_roles(module: Mo
     assert block(trust, "condition")["variable"] == "aws:SourceAccount"
     policy = module.data["aws_iam_policy_document"]["scheduler"]
     statements = {s["sid"]: s for s in _statements(policy)}
-    assert set(statements) == {"RunTheSweepTask", "PassTheSweepRoles"}
+    assert set(statements) == {"RunTheSweepTask", "TagTheSweepTask", "PassTheSweepRoles"}
+    # propagate_tags: RunTask tags the task, authorised as ecs:TagResource on it.
+    schedule = module.resource("aws_scheduler_schedule", "recovery")
+    assert block(block(schedule, "target"), "ecs_parameters")["propagate_tags"] == (
+        "TASK_DEFINITION"
+    )
+    tag = statements["TagTheSweepTask"]
+    assert tag["actions"] == ["ecs:TagResource"]
+    assert tag["resources"] == [
+        "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/"
+        "${aws_ecs_cluster.this.name}/*"
+    ]
+    assert block(tag, "condition")["values"] == ["RunTask"]
     run = statements["RunTheSweepTask"]
     assert run["actions"] == ["ecs:RunTask"]
     assert run["resources"] == ["${aws_ecs_task_definition.recovery[0].arn_without_revision}:*"]
@@ -220,7 +244,7 @@ def test_alarms_watch_the_metrics_the_sweep_logs(module: Module) -> None:
         assert alarm["namespace"] == "${local.recovery_metric_namespace}"
         assert alarm["metric_name"] in declared
         assert alarm["dimensions"] == {"QueueName": "${aws_sqs_queue.jobs.name}"}
-        assert alarm["alarm_actions"] == "${var.alarm_actions}"
+        assert alarm["alarm_actions"] == "${local.alarm_actions}"
     assert stuck["metric_name"] == "OldestQueueFailedAgeSeconds"
     assert stuck["threshold"] == "${var.recovery_alarm_queue_failed_seconds}"
     assert stuck["comparison_operator"] == "GreaterThanThreshold"

@@ -216,7 +216,7 @@ def test_gpu_capacity_can_reach_zero_with_managed_scaling_and_protection(module:
     assert template["image_id"] == (
         "${coalesce(var.gpu_ami_id, one(terraform_data.gpu_ami[*].output))}"
     )
-    assert template["instance_type"] == "${var.instance_type}"
+    assert "instance_type" not in template, "the types come from the mixed instances policy"
     asg = module.resource("aws_autoscaling_group", "gpu")
     assert asg["min_size"] == 0
     assert asg["protect_from_scale_in"] is True
@@ -240,7 +240,7 @@ def test_gpu_resources_exist_only_with_compute_gpu(module: Module) -> None:
 
 
 def test_instance_types_are_x86_64_like_the_ami_and_the_image(module: Module) -> None:
-    condition = block(module.variables["instance_type"], "validation")["condition"]
+    condition = block(module.variables["instance_types"], "validation")["condition"]
     pattern = re.search(r'regex\("([^"]+)"', condition)
     assert pattern is not None, condition
     regex = pattern.group(1).replace("\\\\", "\\")
@@ -259,19 +259,17 @@ def test_rollout_at_full_scale_can_place_new_tasks(module: Module) -> None:
         "${var.deployment_minimum_healthy_percent}"
     )
     variables = module.variables
-    minimum = variables["deployment_minimum_healthy_percent"]["default"]
-    assert (
-        minimum < 100 or variables["max_instances"]["default"] > variables["max_tasks"]["default"]
-    )
+    assert variables["deployment_minimum_healthy_percent"]["default"] < 100
+    # The deploy gate (a one-off selfcheck task) needs a GPU instance beyond max_tasks, whatever
+    # the minimum healthy percent: the defaults and a precondition hold that.
+    assert variables["max_instances"]["default"] > variables["max_tasks"]["default"]
     asg = module.resource("aws_autoscaling_group", "gpu")
     conditions = [p["condition"] for p in blocks(block(asg, "lifecycle"), "precondition")]
-    assert (
-        "${var.deployment_minimum_healthy_percent < 100 || var.max_instances > var.max_tasks}"
-        in conditions
-    )
+    assert "${var.max_instances > var.max_tasks}" in conditions
     example = Module(EXAMPLE).modules["image_worker"]
     assert example["deployment_minimum_healthy_percent"] < 100
-    assert example["max_instances"] == example["max_tasks"] == "${var.max_tasks}"
+    assert example["max_tasks"] == "${var.max_tasks}"
+    assert example["max_instances"] == "${var.max_tasks + 1}"
 
 
 def test_fargate_option_runs_the_cpu_build_with_the_same_queue_and_scaling(
@@ -298,7 +296,7 @@ def test_fargate_option_runs_the_cpu_build_with_the_same_queue_and_scaling(
         '${local.gpu ? [{type = "GPU", value = tostring(var.gpu_count)}] : null}'
     )
     # Fargate has no tmpfs: /tmp is a task volume there.
-    assert container["linuxParameters"] == "${local.tmp_linux_parameters}"
+    assert container["linuxParameters"] == "${local.worker_linux_parameters}"
     assert container["mountPoints"] == "${local.tmp_mount_points}"
     # The CPU service scales and alarms on the same queue: nothing in autoscaling.tf or
     # alarms.tf depends on compute.
@@ -400,7 +398,17 @@ def test_database_secret_is_a_url_or_an_rds_managed_json_secret(module: Module) 
     # ... and those are the variables asyncpg fills a credential-less DATABASE_URL from.
     assert set(keys) <= asyncpg_environment_names(), asyncpg_environment_names()
     environment = locals_["database_environment"]
-    assert '"postgresql://"' in environment, "the settings need a postgresql:// URL"
+    assert '"postgresql://?${local.database_tls_query}"' in environment, (
+        "the settings need a postgresql:// URL"
+    )
+    # TLS with the certificate checked against the RDS CA bundle the image carries.
+    assert module.locals["database_tls_query"] == (
+        "sslmode=${var.database_sslmode}&sslrootcert=${var.database_ca_bundle_path}"
+    )
+    assert module.variables["database_sslmode"]["default"] == "verify-full"
+    assert module.variables["database_ca_bundle_path"]["default"] == (
+        "/etc/ssl/certs/rds-global-bundle.pem"
+    )
     assert "password" not in environment.lower()
     assert module.variables["database_secret_format"]["default"] == "url"
     task = module.resource("aws_ecs_task_definition", "worker")
@@ -612,19 +620,29 @@ def test_execution_role_reads_only_the_secret_and_star_only_where_unscopable(
     statements = list(_statements(document))
     secret = [s for s in statements if "secretsmanager:GetSecretValue" in s["actions"]]
     assert secret
-    assert secret[0]["resources"] == ["${local.database_url_secret_arn}"]
+    # The worker's secret and the sweep's (image_worker and image_producer), nothing else.
+    assert secret[0]["resources"] == (
+        "${distinct([local.database_url_secret_arn, local.sweep_database_url_secret_arn])}"
+    )
     for statement in statements:
         if "*" in _resolve(module, statement["resources"]):
             assert statement["actions"] == ["ecr:GetAuthorizationToken"], statement
 
 
-def test_no_inbound_from_the_internet_metrics_only_from_the_vpc(module: Module) -> None:
+def test_no_inbound_by_default_metrics_only_from_scraper_security_groups(module: Module) -> None:
     ingress = module.resources.get("aws_vpc_security_group_ingress_rule", {})
-    assert list(ingress) == ["tasks_metrics"]
+    assert sorted(ingress) == ["endpoints_from_instances", "endpoints_from_tasks", "tasks_metrics"]
     rule = ingress["tasks_metrics"]
-    assert rule["cidr_ipv4"] == "${local.vpc_cidr}"
+    # One rule per scraper security group; none by default (the sidecar scrapes over localhost).
+    assert rule["for_each"] == "${toset(var.metrics_scraper_security_group_ids)}"
+    assert module.variables["metrics_scraper_security_group_ids"]["default"] == []
+    assert rule["referenced_security_group_id"] == "${each.value}"
+    assert "cidr_ipv4" not in rule
     assert rule["from_port"] == rule["to_port"] == "${var.metrics_port}"
-    assert module.locals["vpc_cidr"] == "${data.aws_vpc.this.cidr_block}"
+    # The VPC endpoints take HTTPS from the module's own groups only.
+    for name in ("endpoints_from_instances", "endpoints_from_tasks"):
+        assert "cidr_ipv4" not in ingress[name]
+        assert ingress[name]["from_port"] == ingress[name]["to_port"] == 443
     for name, group in module.resources["aws_security_group"].items():
         assert "ingress" not in group, f"inline ingress on {name}"
 
@@ -702,7 +720,9 @@ def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) 
     output = module.outputs["producer_policy_json"]
     assert output["value"] == "${data.aws_iam_policy_document.producer.json}"
     document = module.data["aws_iam_policy_document"]["producer"]
-    statements = [s for s in _statements(document) if s["sid"] != "QueueKey"]
+    statements = [
+        s for s in _statements(document) if s["sid"] not in {"QueueKey", "SourceBucketKey"}
+    ]
     granted = {a for s in statements for a in _resolve(module, s["actions"])}
     needed = {producer_iam_action(*call) for call in producer_calls()}
     needed |= {producer_iam_action(*call) for call in PRODUCER_HEALTH_CHECK_CALLS}

@@ -69,14 +69,16 @@ module "image_worker" {
   vpc_id        = var.vpc_id
   subnet_ids    = var.subnet_ids
   source_bucket = var.source_bucket
-  source_prefix = var.source_prefix
+  source_prefix = var.source_prefix # "sources/": must not overlap result_prefix
   result_prefix = "cutouts/"
   image_tag     = var.image_tag
 
   # "gpu": g4dn instances and the CUDA image; "cpu": Fargate and the CPU image (tag <sha>-cpu).
-  compute       = var.compute
-  instance_type = var.instance_type
-  max_instances = var.max_tasks
+  compute        = var.compute
+  instance_types = var.instance_types
+  spot           = var.spot
+  # One instance beyond max_tasks: the deploy gate's selfcheck task runs on a GPU of its own.
+  max_instances = var.max_tasks + 1
   max_tasks     = var.max_tasks
 
   # Null: the module's per-compute value (gpu 0.25 s, an estimate until measured on a g4dn.xlarge
@@ -84,7 +86,7 @@ module "image_worker" {
   # backlog per task = 60 / 0.25 = 240 messages (GPU), 60 / 0.55 = 109 (CPU).
   seconds_per_image       = null
   acceptable_wait_seconds = 60
-  # A rollout at max_tasks may stop half the old tasks first (there is no 11th instance).
+  # A rollout at max_tasks may stop half the old tasks first (one spare instance only).
   deployment_minimum_healthy_percent = 50
 
   max_receive_count          = 5
@@ -95,6 +97,14 @@ module "image_worker" {
 
   enable_metrics_sidecar = true
   alarm_actions          = [aws_sns_topic.alarms.arn]
+  # Pulls and AWS calls through VPC endpoints instead of the NAT gateway.
+  enable_vpc_endpoints = var.enable_vpc_endpoints
+
+  # Least-privilege database roles (migration 0006): image_worker for the worker, image_producer
+  # for the recovery sweep, each in a URL secret of its own
+  # (postgresql://image_worker:...@host:5432/db?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem).
+  database_url_secret_arn       = var.worker_database_secret_arn
+  sweep_database_url_secret_arn = var.sweep_database_secret_arn
 
   tags = { "environment" = var.environment }
 }

@@ -32,8 +32,8 @@ variable "source_bucket" {
 
 variable "source_prefix" {
   type        = string
-  description = "Key prefix of the photos."
-  default     = ""
+  description = "Key prefix of the photos (not overlapping the cut-outs' cutouts/)."
+  default     = "sources/"
 }
 
 variable "image_tag" {
@@ -47,10 +47,34 @@ variable "compute" {
   default     = "gpu"
 }
 
-variable "instance_type" {
+variable "instance_types" {
+  type        = list(string)
+  description = "GPU instance types (one GPU each), in order of preference."
+  default     = ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]
+}
+
+variable "spot" {
+  type        = bool
+  description = "GPU instances on Spot (interruptions drain the tasks; messages return to the queue)."
+  default     = false
+}
+
+variable "enable_vpc_endpoints" {
+  type        = bool
+  description = "Create VPC endpoints (S3, ECR, SQS, Logs, Secrets Manager) so pulls skip the NAT gateway."
+  default     = true
+}
+
+variable "worker_database_secret_arn" {
   type        = string
-  description = "GPU instance type."
-  default     = "g4dn.xlarge"
+  description = "Secret with the worker's PostgreSQL URL (role image_worker). Null: the module creates an empty one."
+  default     = null
+}
+
+variable "sweep_database_secret_arn" {
+  type        = string
+  description = "Secret with the recovery sweep's PostgreSQL URL (role image_producer). Null: the module creates an empty one."
+  default     = null
 }
 
 variable "max_tasks" {

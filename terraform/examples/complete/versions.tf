@@ -1,10 +1,10 @@
 terraform {
-  required_version = ">= 1.5.0"
+  required_version = ">= 1.9.0"
 
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.46.0, < 7.0.0"
+      version = ">= 6.0.0, < 7.0.0"
     }
   }
 }

@@ -29,9 +29,11 @@ module "image_worker_cpu" {
     CPU_THREADS = "2"
   }
 
-  # An RDS-managed master secret (JSON username/password) instead of a URL secret.
-  database_url_secret_arn = var.database_secret_arn
-  database_secret_format  = "rds_json"
-  database_host           = var.database_host
-  database_name           = "images"
+  # JSON secrets (username/password) of the two least-privilege roles (migration 0006) instead of
+  # URL secrets; the module builds DATABASE_URL with sslmode=verify-full and the RDS CA bundle.
+  database_url_secret_arn       = var.database_secret_arn
+  sweep_database_url_secret_arn = var.sweep_database_secret_arn
+  database_secret_format        = "rds_json"
+  database_host                 = var.database_host
+  database_name                 = "images"
 }

@@ -26,7 +26,12 @@ variable "image_tag" {
 
 variable "database_secret_arn" {
   type        = string
-  description = "The RDS-managed master user secret of the database (JSON username/password)."
+  description = "The worker's database secret: JSON username/password of the role image_worker (the rotation-template format; Secrets Manager rotates it)."
+}
+
+variable "sweep_database_secret_arn" {
+  type        = string
+  description = "The recovery sweep's database secret: JSON username/password of the role image_producer."
 }
 
 variable "database_host" {
