@@ -57,8 +57,9 @@ def preload(ort: ModuleType) -> list[str]:
 
 
 def provider_load_error(ort: ModuleType) -> str:
-    """Why ONNX Runtime's CUDA provider is not in use, as the dynamic loader says it (the same
-    dlopen ONNX Runtime makes, whose error it only prints to stderr)."""
+    """Why ONNX Runtime's CUDA provider is not in use, as the loader and the CUDA runtime say it
+    (ONNX Runtime prints its own reason only to stderr, outside the JSON log): the provider
+    library's dlopen, then the driver's, then cudaGetDeviceCount."""
     library = Path(str(ort.__file__)).parent / "capi" / PROVIDER_LIBRARY
     if not library.exists():
         return f"this onnxruntime has no {PROVIDER_LIBRARY} (the CPU build?)"
@@ -66,10 +67,24 @@ def provider_load_error(ort: ModuleType) -> str:
         ctypes.CDLL(str(library))
     except OSError as exc:
         return f"{PROVIDER_LIBRARY} does not load: {exc}"
-    return (
-        f"{PROVIDER_LIBRARY} and its libraries load, but ONNX Runtime could not start CUDA "
-        "(no GPU visible to the container, or a driver older than the CUDA runtime)"
-    )
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        return (
+            f"no NVIDIA driver in the container ({exc}; the host's NVIDIA container runtime "
+            "mounts libcuda.so.1 for a task given a GPU)"
+        )
+    try:
+        cudart = ctypes.CDLL("libcudart.so.12")
+    except OSError as exc:
+        return f"the CUDA runtime does not load: {exc}"
+    count = ctypes.c_int(0)
+    code = cudart.cudaGetDeviceCount(ctypes.byref(count))
+    if code != 0:
+        cudart.cudaGetErrorString.restype = ctypes.c_char_p
+        message = cudart.cudaGetErrorString(code).decode(errors="replace")
+        return f"CUDA: {message} (cudaGetDeviceCount error {code})"
+    return f"the CUDA libraries load and see {count.value} GPU(s), yet ONNX Runtime chose the CPU"
 
 
 # ---------------------------------------------------------------------------------------------
