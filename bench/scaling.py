@@ -902,6 +902,10 @@ def chart(profile: str, outcomes: list[Outcome], path: Path) -> None:
         lines, labels = panel.get_legend_handles_labels()
         more, more_labels = queue.get_legend_handles_labels()
         panel.legend(lines + more, labels + more_labels, loc="upper right", fontsize=8)
+    # The active part of the day: first message to the last instance, a quarter hour around it.
+    active = [s["t"] / 3600 for o in outcomes for s in o.series if s["queue"] or s["instances"]]
+    if active:
+        panels[-1, 0].set_xlim(max(0.0, min(active) - 0.25), max(active) + 0.25)
     panels[-1, 0].set_xlabel("hour of the day")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
