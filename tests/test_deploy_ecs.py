@@ -4,6 +4,7 @@ and fails with one clear line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -564,8 +565,23 @@ class SweepSchedule:
         return str(schedule["Target"]["EcsParameters"]["TaskDefinitionArn"])
 
 
+def push(endpoint: str, *tags: str) -> None:
+    """Images in moto's ECR repository `image-worker` (what `podman push` would leave)."""
+    ecr = boto3.client("ecr", endpoint_url=endpoint, region_name="us-east-1")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName="image-worker")
+    for tag in tags:
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution."
+                    "manifest.v2+json", "config": {"digest": f"sha256:{os.urandom(32).hex()}",
+                    "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
+                    "layers": []}  # fmt: skip
+        ecr.put_image(repositoryName="image-worker", imageTag=tag,
+                      imageManifest=json.dumps(manifest))  # fmt: skip
+
+
 def make_sweep(endpoint: str, service: Service, tag: str = "first") -> SweepSchedule:
     """The sweep's task definition and schedule as recovery.tf makes them (image <tag>-sweep)."""
+    push(endpoint, f"{tag}-sweep")
     scheduler = boto3.client("scheduler", endpoint_url=endpoint, region_name="us-east-1")
     repository = TEMPLATE_VARS["REPOSITORY_URL"]
     registered = service.ecs.register_task_definition(
@@ -605,6 +621,7 @@ def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:
     sweep = make_sweep(endpoint, cpu_service)
+    push(endpoint, "v2-cpu-sweep")
     completed = run_deploy(
         endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
         "--image-tag", "v2-cpu", "--delay", "1", "--max-attempts", "10",
@@ -643,6 +660,7 @@ def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
 ) -> None:
     service = busy_cpu_service
     sweep = make_sweep(endpoint, service)
+    push(endpoint, "stuck-cpu-sweep")
     completed = run_deploy(
         endpoint, "--cluster", service.cluster, "--service", service.name,
         "--image-tag", "stuck-cpu", "--delay", "1", "--max-attempts", "2",
@@ -660,6 +678,7 @@ def test_a_rollback_to_a_revision_that_ran_skips_the_selfcheck_unless_forced(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:
     sweep = make_sweep(endpoint, cpu_service)
+    push(endpoint, "v2-cpu-sweep", "never-cpu-sweep")
     vars_file = sweep_vars(tmp_path, CPU_VARS, sweep)
     common = ("--cluster", cpu_service.cluster, "--service", cpu_service.name,
               "--delay", "1", "--max-attempts", "10")  # fmt: skip
@@ -707,3 +726,27 @@ def test_a_deploy_without_a_sweep_schedule_says_the_sweep_is_not_updated(
     assert completed.returncode == 0, completed.stderr
     assert "the recovery sweep's image was not updated" in completed.stderr
     assert json.loads(completed.stdout)["sweepTaskDefinitionArn"] is None
+
+
+def test_a_sweep_image_never_pushed_stops_the_deploy_before_anything_changes(
+    endpoint: str, cpu_service: Service, tmp_path: Path
+) -> None:
+    sweep = make_sweep(endpoint, cpu_service)
+    completed = run_deploy(
+        endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
+        "--image-tag", "unpushed-cpu", "--delay", "1", "--max-attempts", "10",
+        vars_file=sweep_vars(tmp_path, CPU_VARS, sweep),
+    )  # fmt: skip
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"deploy: error: {TEMPLATE_VARS['REPOSITORY_URL']}:unpushed-cpu-sweep is not in the "
+        "repository: push the Dockerfile's `sweep` target under that tag with the worker's "
+        "(docs/deploy.md); nothing was changed"
+    )
+    assert selfcheck_tasks(cpu_service) == []  # stopped before the gate
+    assert sweep.task_definition() == sweep.first
+    described = cpu_service.ecs.describe_services(
+        cluster=cpu_service.cluster, services=[cpu_service.name]
+    )["services"][0]
+    assert described["taskDefinition"] == cpu_service.first

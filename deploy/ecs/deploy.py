@@ -258,6 +258,7 @@ class Sweep:
     scheduler: Any
     schedule: str
     group: str = "default"
+    ecr: Any = None  # checks that the sweep image was pushed (an ECR repository URL)
 
     def read(self) -> dict[str, Any]:
         return dict[str, Any](self.scheduler.get_schedule(Name=self.schedule, GroupName=self.group))
@@ -290,13 +291,35 @@ def sweep_image(worker_image: str) -> str:
     return f"{repository}:{tag}{SWEEP_SUFFIX}"
 
 
-def register_sweep(ecs: Any, current_arn: str, image: str) -> str:
+def check_pushed(ecr: Any, image: str) -> None:
+    """Refuse an image an ECR repository does not hold: the scheduled sweep would fail with
+    CannotPullContainer every run, and nothing would say so but its alarm."""
+    registry, _, rest = image.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    if ".dkr.ecr." not in registry:
+        return  # another registry: not checked
+    from botocore.exceptions import ClientError
+
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ImageNotFoundException":
+            raise
+        raise DeployError(
+            f"{image} is not in the repository: push the Dockerfile's `sweep` target under that "
+            "tag with the worker's (docs/deploy.md); nothing was changed"
+        ) from exc
+
+
+def register_sweep(ecs: Any, current_arn: str, image: str, ecr: Any = None) -> str:
     """A revision of the sweep's task definition `current_arn` running `image` (the current one
     if it already does)."""
     described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
     task = described["taskDefinition"]
     if all(c.get("image") == image for c in task.get("containerDefinitions", [])):
         return current_arn
+    if ecr is not None:
+        check_pushed(ecr, image)
     members = _input_shape().members
     register = {key: value for key, value in task.items() if key in members}
     for container in register["containerDefinitions"]:
@@ -398,15 +421,15 @@ def deploy(
                 file=sys.stderr,
             )
             selfcheck = None
+    sweep_previous = sweep_target = None
+    if sweep is not None:  # first: a sweep image never pushed stops the deploy before the gate
+        sweep_previous = sweep.task_definition()
+        image = sweep_image(_worker_image(worker_task, container))
+        sweep_target = register_sweep(ecs, sweep_previous, image, sweep.ecr)
     if selfcheck is not None:
         # At desiredCount 0 the rollout "completes" without starting a task: only this run
         # proves that the revision starts, loads the model and reaches its dependencies.
         run_selfcheck(ecs, cluster, current, target, selfcheck, timing, sleep=sleep, clock=clock)
-    sweep_previous = sweep_target = None
-    if sweep is not None:
-        sweep_previous = sweep.task_definition()
-        image = sweep_image(_worker_image(worker_task, container))
-        sweep_target = register_sweep(ecs, sweep_previous, image)
     ecs.update_service(cluster=cluster, service=service, taskDefinition=target)
     print(f"service {service} -> {target} (was {previous})", file=sys.stderr)
     if sweep is not None and sweep_target is not None and sweep_target != sweep_previous:
@@ -652,7 +675,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         schedule = args.sweep_schedule or values.get("RECOVERY_SCHEDULE_NAME")
         sweep = None
         if schedule:
-            sweep = Sweep(_client("scheduler", region), str(schedule), args.sweep_schedule_group)
+            sweep = Sweep(
+                _client("scheduler", region),
+                str(schedule),
+                args.sweep_schedule_group,
+                ecr=_client("ecr", region),
+            )
         outcome = deploy(
             ecs,
             cluster=args.cluster,
