@@ -13,10 +13,10 @@ task_template_vars`, plus `--var NAME=VALUE`) and registers it as a new revision
    for that rollout too.
 
 The recovery sweep ships with the same tag: its image is `<tag>-sweep` (the Dockerfile's `sweep`
-target). Before the service moves, a revision of the sweep's task definition (the one its
+target). First (before the selfcheck), a revision of the sweep's task definition (the one its
 EventBridge Scheduler schedule runs, `--sweep-schedule` or RECOVERY_SCHEDULE_NAME in the vars)
-with that image is registered; the schedule is pointed at it together with the service, and a
-rollback restores both.
+with that image is registered, refused if ECR does not hold the image; the schedule is pointed at
+it together with the service, and a rollback restores both.
 
 The metrics sidecar (metrics-sidecar.json) is added when ADOT_CONFIG is set. `--revision` points
 the service at an existing revision instead; a revision that has run before (a completed rollout
