@@ -242,7 +242,7 @@ def load_policy(
         if "metric_stat" in q
     }
     (returned,) = [q for q in queries if q.get("return_data") is True]
-    spi = variables.get("seconds_per_image")
+    spi: Any = variables.get("seconds_per_image")
     seconds_per_image = float(
         ev.local("seconds_per_image") if "seconds_per_image" in locals_ else spi
     )
@@ -602,11 +602,11 @@ class Simulation:
         points = self.datapoints(alarm.periods)
         if len(points) < alarm.periods and alarm.missing != "breaching":
             return None
-        values = [
+        missing: list[float | None] = [None] * (alarm.periods - len(points))
+        values = missing + [
             metric_math(alarm.expression, self.metric_values(alarm.metrics, p, "Maximum"))
             for p in points
         ]
-        values = [None] * (alarm.periods - len(values)) + values
         compare: Callable[[float], bool] = {
             "GreaterThanThreshold": lambda v: v > alarm.threshold,
             "LessThanOrEqualToThreshold": lambda v: v <= alarm.threshold,
