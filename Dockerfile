@@ -4,6 +4,7 @@
 #
 #   podman build -t image-worker .                  # GPU image, the one ECS runs (last stage)
 #   podman build --target cpu -t image-worker:cpu .  # CPU image: onnxruntime, no CUDA wheels
+#   podman build --target sweep -t image-worker:sweep .  # the recovery sweep: image-jobs, no ML
 #   make image / make image-cpu                      # no registry needed (docs/deploy.md)
 #
 # Base: plain Debian slim with Debian's python3. CUDA 12 and cuDNN 9 come as pip wheels
@@ -14,8 +15,10 @@
 # Without usable CUDA/cuDNN, ONNX Runtime silently falls back to the CPU, which REQUIRE_GPU=true
 # (set below) turns into a refused start with a clear message and exit code 3.
 #
-# Layers go from rarely to often changed: Debian packages -> locked dependencies -> model
-# weights -> the project's own code, so a code change rebuilds one thin layer. The dependencies
+# Layers go from rarely to often changed: Debian packages -> CUDA/cuDNN wheels (GPU) -> the other
+# locked dependencies -> model weights -> the project's own code, so a code change rebuilds one
+# thin layer and a dependency change leaves the 2.7 GB CUDA layer (and its digest) as it was. The
+# dependencies
 # are installed in the final stage itself (not copied from another stage), so that a cached
 # build never hashes their 4 GB to look up a COPY. Each stage builds only when the target needs
 # it (BuildKit, and podman/buildah's default --skip-unused-stages).
@@ -89,6 +92,40 @@ RUN /opt/venv/bin/pip install --no-deps --no-index --no-build-isolation --prefix
  && /opt/venv/bin/python -m compileall -q /opt/code
 
 # ---------------------------------------------------------------------------------------------
+# rds-ca: the Amazon RDS CA bundle for `sslrootcert=/etc/ssl/certs/rds-global-bundle.pem`, from a
+# file the operator puts at deploy/image/rds-ca/rds-global-bundle.pem (AWS publishes it; no
+# package registry carries it, and the build host may not reach AWS). Without that file the
+# image has no bundle, unless REQUIRE_RDS_CA_BUNDLE=true, which fails the build instead.
+FROM base AS rds-ca
+ARG REQUIRE_RDS_CA_BUNDLE=false
+COPY deploy/image/rds-ca/ /tmp/rds-ca/
+RUN mkdir /out \
+ && if [ -s /tmp/rds-ca/rds-global-bundle.pem ]; then \
+      python3 -c 'import ssl, sys; ssl.create_default_context(cafile=sys.argv[1])' \
+        /tmp/rds-ca/rds-global-bundle.pem \
+      && install -m 0644 /tmp/rds-ca/rds-global-bundle.pem /out/rds-global-bundle.pem; \
+    elif [ "$REQUIRE_RDS_CA_BUNDLE" = true ]; then \
+      echo "REQUIRE_RDS_CA_BUNDLE=true but deploy/image/rds-ca/rds-global-bundle.pem is missing" >&2; \
+      exit 1; \
+    fi
+
+# ---------------------------------------------------------------------------------------------
+# sweep: the recovery sweep (`image-jobs sweep`, a scheduled Fargate task): the base install
+# (aioboto3, asyncpg, structlog) and the project's code, no ML stack; `--target sweep`.
+FROM base AS sweep
+COPY requirements/image-sweep.lock /tmp/requirements.lock
+RUN python3 -m venv /opt/venv \
+ && pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+ && rm /tmp/requirements.lock
+COPY --from=code /opt/code /opt/venv
+COPY --from=rds-ca /out/ /etc/ssl/certs/
+# It serves nothing: no /healthz to check, and a one-shot task.
+HEALTHCHECK NONE
+ENTRYPOINT ["/usr/bin/tini", "--", "image-jobs"]
+CMD ["sweep", "--emf"]
+USER 10001:10001
+
+# ---------------------------------------------------------------------------------------------
 # cpu: plain onnxruntime (e.g. for a Fargate service); `--target cpu`.
 FROM base AS cpu
 COPY requirements/image-cpu.lock /tmp/requirements.lock
@@ -100,24 +137,36 @@ RUN python3 -m venv /opt/venv \
 RUN NUMBA_CACHE_DIR=/opt/numba-cache python -c 'import rembg'
 COPY --from=model /opt/models /opt/models
 COPY --from=code /opt/code /opt/venv
+COPY --from=rds-ca /out/ /etc/ssl/certs/
 ENV EXECUTION_PROVIDER=cpu \
     REQUIRE_GPU=false
 # Numeric (uid 10001 = `worker`): a runtime can see it is not root without reading /etc/passwd.
 USER 10001:10001
+# Declared last (a build step's writes under a volume are dropped). A runtime that mounts nothing
+# at /tmp gives the container a volume with the image's /tmp (1777), so uid 10001 can write it:
+# Fargate's bind-mounted task volume starts root 0755 unless the image declares it.
+VOLUME /tmp
 
 # ---------------------------------------------------------------------------------------------
 # gpu (last, so the default target): onnxruntime-gpu with the CUDA/cuDNN wheels.
 FROM base AS gpu
+# The CUDA/cuDNN wheels alone first (requirements/image-cuda.lock, split from the GPU lock by
+# `make lock`): this layer changes only with the CUDA line, not with any other dependency.
+COPY requirements/image-cuda.lock /tmp/cuda.lock
+RUN python3 -m venv /opt/venv \
+ && pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/cuda.lock \
+ && rm /tmp/cuda.lock
 COPY requirements/image-gpu.lock /tmp/requirements.lock
 # As in cpu. onnxruntime (CPU) and onnxruntime-gpu own the same module: only the latter here.
-RUN python3 -m venv /opt/venv \
- && pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/requirements.lock \
  && rm /tmp/requirements.lock \
  && if pip show onnxruntime >/dev/null 2>&1; then \
       echo "the CPU onnxruntime got into the GPU image" >&2; exit 1; fi
 RUN NUMBA_CACHE_DIR=/opt/numba-cache python -c 'import rembg'
 COPY --from=model /opt/models /opt/models
 COPY --from=code /opt/code /opt/venv
+COPY --from=rds-ca /out/ /etc/ssl/certs/
 ENV EXECUTION_PROVIDER=cuda \
     REQUIRE_GPU=true
 USER 10001:10001
+VOLUME /tmp

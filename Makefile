@@ -89,15 +89,19 @@ container-tools:
 base-image: container-tools
 	deploy/image/make-base.sh $(BASE_IMAGE)
 
-## The shipped (GPU) image, built from the lock files without a registry.
+## The shipped images, built from the lock files without a registry: the GPU worker and the
+## recovery sweep (`<image>-sweep`: image-jobs, no ML stack), the two a deploy pushes with one tag.
 image: base-image
 	deploy/image/build.sh gpu $(IMAGE)
+	deploy/image/build.sh sweep $(IMAGE)-sweep
 
 image-cpu: base-image
 	deploy/image/build.sh cpu $(IMAGE:latest=cpu)
 
 # Lock files of the image (hashes for every file): regenerate after changing pyproject.toml's
 # dependencies or the extras below; `make lock LOCK_ARGS=--upgrade` moves every pin forward.
+# The GPU lock is compiled whole (the two halves' pins as preferences), then split into the
+# CUDA/cuDNN wheels (image-cuda.lock, their own layer) and the rest (image-gpu.lock).
 # Linux x86_64, Python 3.11: the image's Debian python3, not this host's.
 UV := .tools/uv/bin/uv
 IMAGE_EXTRAS_gpu := worker gpu
@@ -108,19 +112,25 @@ LOCK := $(UV) pip compile --quiet --native-tls --generate-hashes --python-versio
 $(UV):
 	$(PYTHON) -m venv .tools/uv
 	.tools/uv/bin/pip install -q uv
+GPU_FULL_LOCK := requirements/image-gpu-full.lock.tmp
 lock: $(UV)
-	$(LOCK) pyproject.toml requirements/image-gpu.in $(IMAGE_EXTRAS_gpu:%=--extra %) -o requirements/image-gpu.lock
+	cat requirements/image-cuda.lock requirements/image-gpu.lock > $(GPU_FULL_LOCK)
+	$(LOCK) pyproject.toml requirements/image-gpu.in $(IMAGE_EXTRAS_gpu:%=--extra %) -o $(GPU_FULL_LOCK)
+	$(PYTHON) deploy/image/split_lock.py $(GPU_FULL_LOCK) requirements/image-cuda.lock requirements/image-gpu.lock
+	rm $(GPU_FULL_LOCK)
+	$(LOCK) pyproject.toml -o requirements/image-sweep.lock
 	$(LOCK) pyproject.toml $(IMAGE_EXTRAS_cpu:%=--extra %) -o requirements/image-cpu.lock
 	$(LOCK) requirements/image-build.in -o requirements/image-build.lock
 
 bench: install
 	$(BIN)/python bench/throughput.py
 
-## Autoscaling simulator: the Terraform policy before/after, on GPU and CPU (under a minute).
+## Autoscaling simulator: the Terraform policy before/after, on GPU and CPU (under a minute), and
+## one chart per load profile in bench/results/ (docs/images/ holds the ones the docs show).
 .PHONY: bench-scaling
 bench-scaling: $(BIN)/image-worker
-	$(BIN)/python bench/scaling.py --compute gpu
-	$(BIN)/python bench/scaling.py --compute cpu
+	$(BIN)/python bench/scaling.py --compute gpu --charts bench/results
+	$(BIN)/python bench/scaling.py --compute cpu --charts bench/results
 
 clean:
 	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

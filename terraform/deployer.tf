@@ -79,6 +79,37 @@ data "aws_iam_policy_document" "deployer" {
     }
   }
 
+  # After a rollout, deploy.py tags the revision (a rollback to it may then skip the gate).
+  statement {
+    sid       = "TagRolledOutRevisions"
+    actions   = ["ecs:TagResource"]
+    resources = [for family in local.deployer_families : "${local.task_definition_family_arn}/${family}:*"]
+  }
+
+  # The sweep's schedule moves to each release's sweep revision with the service, and back.
+  dynamic "statement" {
+    for_each = local.recovery_count > 0 ? [1] : []
+    content {
+      sid       = "MoveTheSweepSchedule"
+      actions   = ["scheduler:GetSchedule", "scheduler:UpdateSchedule"]
+      resources = [aws_scheduler_schedule.recovery[0].arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.recovery_count > 0 ? [1] : []
+    content {
+      sid       = "PassTheSchedulerRole"
+      actions   = ["iam:PassRole"]
+      resources = [aws_iam_role.scheduler[0].arn]
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PassedToService"
+        values   = ["scheduler.amazonaws.com"]
+      }
+    }
+  }
+
   statement {
     sid       = "RollOutTheService"
     actions   = ["ecs:DescribeServices", "ecs:UpdateService"]

@@ -165,6 +165,8 @@ output "task_template_vars" {
     # this family with the container's image set to <repository>:<tag>-sweep.
     SWEEP_FAMILY         = one(aws_ecs_task_definition.recovery[*].family)
     SWEEP_CONTAINER_NAME = local.recovery_container_name
+    # The schedule whose ECS target deploy.py moves to each release's sweep revision.
+    RECOVERY_SCHEDULE_NAME = one(aws_scheduler_schedule.recovery[*].name)
   }
 }
 

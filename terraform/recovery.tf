@@ -295,9 +295,9 @@ resource "aws_scheduler_schedule" "recovery" {
     role_arn = aws_iam_role.scheduler[0].arn
 
     ecs_parameters {
-      # The family without a revision: RunTask takes its latest ACTIVE revision, so the revision
-      # deploy.py registers with each release's sweep image runs from the next schedule on.
-      task_definition_arn = aws_ecs_task_definition.recovery[0].arn_without_revision
+      # deploy.py points the target at each release's sweep revision (<tag>-sweep) and back on a
+      # rollback; `ignore_changes` below keeps a later apply from undoing that.
+      task_definition_arn = aws_ecs_task_definition.recovery[0].arn
       launch_type         = "FARGATE"
       task_count          = 1
       propagate_tags      = "TASK_DEFINITION"
@@ -314,6 +314,10 @@ resource "aws_scheduler_schedule" "recovery" {
       maximum_event_age_in_seconds = local.recovery_period_seconds
       maximum_retry_attempts       = 0
     }
+  }
+
+  lifecycle {
+    ignore_changes = [target[0].ecs_parameters[0].task_definition_arn]
   }
 }
 

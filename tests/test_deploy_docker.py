@@ -105,7 +105,7 @@ def test_debian_slim_base_with_cuda_and_cudnn_from_locked_wheels() -> None:
     assert re.fullmatch(r"docker\.io/library/debian:[a-z]+-slim", base.group(1))
     assert next(parent for parent, _ in stages().values()) == "${BASE_IMAGE}"
     assert list(stages())[-1] == "gpu", "the GPU image must be the default (last) target"
-    gpu = lock_pins("gpu")
+    gpu = lock_pins("gpu") | lock_pins("cuda")
     # onnxruntime-gpu 1.19-1.23 on PyPI: CUDA 12.x + cuDNN 9; the wheels must be that pair.
     assert re.fullmatch(r"1\.(19|2[0-3])\.\d+", gpu["onnxruntime-gpu"]), "re-check the CUDA pairing"
     assert gpu["nvidia-cudnn-cu12"].startswith("9.")
@@ -132,7 +132,7 @@ def test_locks_pin_every_dependency_with_hashes_and_the_image_installs_only_them
             requirements += project["optional-dependencies"][extra]
         return [re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower() for r in requirements]
 
-    for variant in ("gpu", "cpu", "build"):
+    for variant in ("gpu", "cuda", "cpu", "sweep", "build"):
         text = (REPO / "requirements" / f"image-{variant}.lock").read_text()
         entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2].strip())
         for entry in entries:
@@ -140,11 +140,12 @@ def test_locks_pin_every_dependency_with_hashes_and_the_image_installs_only_them
                 continue
             assert re.match(r"[a-z0-9][a-z0-9._-]*(\[[a-z,]+\])?==\S+ \\", entry), entry
             assert "--hash=sha256:" in entry, f"{variant}: no hash for {entry.splitlines()[0]}"
-        if variant != "build":
-            pins = lock_pins(variant)
+        if variant in ("gpu", "cpu"):
+            pins = lock_pins(variant) | (lock_pins("cuda") if variant == "gpu" else {})
             missing = [n for n in declared(variant) if n.replace("_", "-") not in pins]
             assert not missing, f"image-{variant}.lock lacks {missing}: run `make lock`"
-    for target, lock in (("gpu", "image-gpu.lock"), ("cpu", "image-cpu.lock")):
+    for target, lock in (("gpu", "image-gpu.lock"), ("cpu", "image-cpu.lock"),
+                         ("sweep", "image-sweep.lock")):  # fmt: skip
         chain = stage_chain(target)
         assert ("COPY", f"requirements/{lock} /tmp/requirements.lock") in chain
         installs = [rest for keyword, rest in chain if keyword == "RUN" and "pip install" in rest]
@@ -224,3 +225,60 @@ def test_dockerignore_keeps_the_context_to_what_the_image_copies() -> None:
         if not any(fnmatch(path, pattern) or path.startswith(pattern + "/") for pattern in included)
     }
     assert not excluded, f"COPY sources excluded from the context: {excluded}"
+
+
+def test_cuda_wheels_are_a_layer_of_their_own_below_the_other_dependencies() -> None:
+    """A dependency or code change leaves the CUDA/cuDNN layer (2.7 GB) and its digest alone."""
+    cuda, gpu = lock_pins("cuda"), lock_pins("gpu")
+    assert cuda
+    assert all(name.startswith("nvidia-") for name in cuda), cuda
+    assert not [name for name in gpu if name.startswith("nvidia-")]
+    own = stages()["gpu"][1]
+    copies = [i for i, (keyword, rest) in enumerate(own) if keyword == "COPY"]
+    first_copy = own[copies[0]]
+    assert first_copy == ("COPY", "requirements/image-cuda.lock /tmp/cuda.lock")
+    cuda_install = own[copies[0] + 1]
+    assert cuda_install[0] == "RUN"
+    assert "--no-deps --require-hashes" in cuda_install[1]
+    assert "/tmp/cuda.lock" in cuda_install[1]
+    assert own[copies[1]] == ("COPY", "requirements/image-gpu.lock /tmp/requirements.lock")
+    sys.path.insert(0, str(REPO / "deploy" / "image"))
+    from split_lock import split
+
+    # The two halves are exactly a split of the full lock `make lock` compiles (same header).
+    joined = (REPO / "requirements" / "image-cuda.lock").read_text() + (
+        REPO / "requirements" / "image-gpu.lock"
+    ).read_text()
+    again_cuda, again_gpu = split(joined)
+    assert re.findall(r"^\S+==\S+", again_cuda, flags=re.MULTILINE) == [
+        f"{name}=={version}" for name, version in cuda.items()
+    ]
+    assert len(re.findall(r"^\S+==", again_gpu, flags=re.MULTILINE)) == len(gpu)
+
+
+def test_the_sweep_target_is_the_producer_without_the_ml_stack() -> None:
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    sweep = lock_pins("sweep")
+    for requirement in project["dependencies"]:
+        assert re.split(r"[\[<>=~! ;]", requirement, maxsplit=1)[0].lower() in sweep
+    heavy = {"onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "rembg", "pillow", "scipy"}
+    assert not heavy & set(sweep), heavy & set(sweep)
+    assert sweep.items() <= (lock_pins("gpu") | lock_pins("cuda")).items(), "pins differ"
+    found = dict(stage_chain("sweep"))
+    assert found["ENTRYPOINT"] == '["/usr/bin/tini", "--", "image-jobs"]'
+    assert found["CMD"] == '["sweep", "--emf"]'
+    assert found["HEALTHCHECK"] == "NONE"
+    assert found["USER"].split(":")[0] not in ("root", "0")
+    assert ("COPY", "--from=code /opt/code /opt/venv") in stages()["sweep"][1]
+    assert "build.sh sweep $(IMAGE)-sweep" in (REPO / "Makefile").read_text()
+
+
+def test_tmp_is_a_declared_volume_and_the_rds_bundle_is_optional() -> None:
+    for target in ("gpu", "cpu"):
+        own = stages()[target][1]
+        assert own[-1] == ("VOLUME", "/tmp"), f"{target}: VOLUME /tmp last (after every write)"
+    for target in ("gpu", "cpu", "sweep"):
+        assert ("COPY", "--from=rds-ca /out/ /etc/ssl/certs/") in stages()[target][1]
+    rds = dict(stages()["rds-ca"][1])
+    assert rds["ARG"] == "REQUIRE_RDS_CA_BUNDLE=false"
+    assert "rds-global-bundle.pem" in rds["RUN"]

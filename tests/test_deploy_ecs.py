@@ -4,6 +4,7 @@ and fails with one clear line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -214,6 +215,7 @@ class ScriptedEcs:
         self.task_definition = "family:1"
         self.rollouts = rollouts
         self.updates: list[str] = []
+        self.tagged: list[str] = []
 
     def describe_services(self, cluster: str, services: list[str]) -> dict[str, Any]:
         states = self.rollouts[self.task_definition]
@@ -229,6 +231,9 @@ class ScriptedEcs:
     def update_service(self, cluster: str, service: str, taskDefinition: str) -> None:
         self.updates.append(taskDefinition)
         self.task_definition = taskDefinition
+
+    def tag_resource(self, resourceArn: str, tags: list[dict[str, str]]) -> None:
+        self.tagged.append(resourceArn)
 
 
 def test_failed_rollout_restores_the_previous_revision_and_waits_for_it() -> None:
@@ -542,3 +547,207 @@ def test_a_rollout_that_never_completes_is_rolled_back_to_the_previous_revision(
     assert f"the service is back on {service.first}" in last
     described = service.ecs.describe_services(cluster=service.cluster, services=[service.name])
     assert described["services"][0]["taskDefinition"] == service.first
+
+
+# ---------------------------------------------------------------------------------------------
+# The recovery sweep ships with the worker; rollbacks to a revision that ran skip the selfcheck
+# ---------------------------------------------------------------------------------------------
+SWEEP_FAMILY = "image-worker-recovery"
+
+
+@dataclass
+class SweepSchedule:
+    scheduler: Any
+    name: str
+    first: str
+
+    def task_definition(self) -> str:
+        schedule = self.scheduler.get_schedule(Name=self.name)
+        return str(schedule["Target"]["EcsParameters"]["TaskDefinitionArn"])
+
+
+def push(endpoint: str, *tags: str) -> None:
+    """Images in moto's ECR repository `image-worker` (what `podman push` would leave)."""
+    ecr = boto3.client("ecr", endpoint_url=endpoint, region_name="us-east-1")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName="image-worker")
+    for tag in tags:
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution."
+                    "manifest.v2+json", "config": {"digest": f"sha256:{os.urandom(32).hex()}",
+                    "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
+                    "layers": []}  # fmt: skip
+        ecr.put_image(repositoryName="image-worker", imageTag=tag,
+                      imageManifest=json.dumps(manifest))  # fmt: skip
+
+
+def make_sweep(endpoint: str, service: Service, tag: str = "first") -> SweepSchedule:
+    """The sweep's task definition and schedule as recovery.tf makes them (image <tag>-sweep)."""
+    push(endpoint, f"{tag}-sweep")
+    scheduler = boto3.client("scheduler", endpoint_url=endpoint, region_name="us-east-1")
+    repository = TEMPLATE_VARS["REPOSITORY_URL"]
+    registered = service.ecs.register_task_definition(
+        family=SWEEP_FAMILY, requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
+        cpu="256", memory="512", executionRoleArn=TEMPLATE_VARS["EXECUTION_ROLE_ARN"],
+        containerDefinitions=[{
+            "name": "recovery", "image": f"{repository}:{tag}-sweep", "essential": True,
+            "entryPoint": ["/usr/bin/tini", "--", "image-jobs"], "command": ["sweep", "--emf"],
+        }],
+        tags=[{"key": "app", "value": SWEEP_FAMILY}],
+    )  # fmt: skip
+    first = registered["taskDefinition"]["taskDefinitionArn"]
+    name = f"sweep-{os.urandom(3).hex()}"
+    cluster_arn = service.ecs.describe_clusters(clusters=[service.cluster])["clusters"][0][
+        "clusterArn"
+    ]
+    scheduler.create_schedule(
+        Name=name, ScheduleExpression="rate(5 minutes)", FlexibleTimeWindow={"Mode": "OFF"},
+        Description="image-jobs sweep",
+        Target={
+            "Arn": cluster_arn, "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/sched",
+            "EcsParameters": {"TaskDefinitionArn": first, "LaunchType": "FARGATE",
+                              "TaskCount": 1, "PropagateTags": "TASK_DEFINITION"},
+            "RetryPolicy": {"MaximumEventAgeInSeconds": 300, "MaximumRetryAttempts": 0},
+        },
+    )  # fmt: skip
+    return SweepSchedule(scheduler, name, first)
+
+
+def sweep_vars(tmp_path: Path, values: dict[str, Any], schedule: SweepSchedule) -> Path:
+    path = tmp_path / "sweep-vars.json"
+    path.write_text(json.dumps({**values, "RECOVERY_SCHEDULE_NAME": schedule.name}))
+    return path
+
+
+def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
+    endpoint: str, cpu_service: Service, tmp_path: Path
+) -> None:
+    sweep = make_sweep(endpoint, cpu_service)
+    push(endpoint, "v2-cpu-sweep")
+    completed = run_deploy(
+        endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
+        "--image-tag", "v2-cpu", "--delay", "1", "--max-attempts", "10",
+        vars_file=sweep_vars(tmp_path, CPU_VARS, sweep),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    outcome = json.loads(completed.stdout)
+    assert outcome["previousSweep"] == sweep.first
+    assert sweep.task_definition() == outcome["sweepTaskDefinitionArn"] != sweep.first
+    described = cpu_service.ecs.describe_task_definition(
+        taskDefinition=outcome["sweepTaskDefinitionArn"], include=["TAGS"]
+    )
+    (container,) = described["taskDefinition"]["containerDefinitions"]
+    assert container["image"] == f"{TEMPLATE_VARS['REPOSITORY_URL']}:v2-cpu-sweep"
+    assert container["entryPoint"] == ["/usr/bin/tini", "--", "image-jobs"]
+    assert described["taskDefinition"]["family"] == SWEEP_FAMILY
+    assert {"key": "app", "value": SWEEP_FAMILY} in described["tags"]
+    # The rest of the schedule is as it was (UpdateSchedule replaces the whole schedule).
+    schedule = sweep.scheduler.get_schedule(Name=sweep.name)
+    assert schedule["ScheduleExpression"] == "rate(5 minutes)"
+    assert schedule["Target"]["EcsParameters"]["PropagateTags"] == "TASK_DEFINITION"
+    assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
+
+    # Deploying the same tag again registers no new sweep revision.
+    again = run_deploy(
+        endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
+        "--image-tag", "v2-cpu", "--delay", "1", "--max-attempts", "10", "--skip-selfcheck",
+        vars_file=sweep_vars(tmp_path, CPU_VARS, sweep),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["sweepTaskDefinitionArn"] == outcome["sweepTaskDefinitionArn"]
+
+
+def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
+    endpoint: str, busy_cpu_service: Service, tmp_path: Path
+) -> None:
+    service = busy_cpu_service
+    sweep = make_sweep(endpoint, service)
+    push(endpoint, "stuck-cpu-sweep")
+    completed = run_deploy(
+        endpoint, "--cluster", service.cluster, "--service", service.name,
+        "--image-tag", "stuck-cpu", "--delay", "1", "--max-attempts", "2",
+        vars_file=sweep_vars(tmp_path, CPU_VARS, sweep),
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "sweep schedule" in completed.stderr
+    assert f"restored to {sweep.first}" in completed.stderr
+    assert sweep.task_definition() == sweep.first
+    described = service.ecs.describe_services(cluster=service.cluster, services=[service.name])
+    assert described["services"][0]["taskDefinition"] == service.first
+
+
+def test_a_rollback_to_a_revision_that_ran_skips_the_selfcheck_unless_forced(
+    endpoint: str, cpu_service: Service, tmp_path: Path
+) -> None:
+    sweep = make_sweep(endpoint, cpu_service)
+    push(endpoint, "v2-cpu-sweep", "never-cpu-sweep")
+    vars_file = sweep_vars(tmp_path, CPU_VARS, sweep)
+    common = ("--cluster", cpu_service.cluster, "--service", cpu_service.name,
+              "--delay", "1", "--max-attempts", "10")  # fmt: skip
+    deployed = run_deploy(endpoint, *common, "--image-tag", "v2-cpu", vars_file=vars_file)
+    assert deployed.returncode == 0, deployed.stderr
+    v2 = json.loads(deployed.stdout)["taskDefinitionArn"]
+    assert len(selfcheck_tasks(cpu_service)) == 1
+
+    # The first revision was the service's completed one when that deploy started: it ran.
+    back = run_deploy(endpoint, *common, "--revision", cpu_service.first, vars_file=vars_file)
+    assert back.returncode == 0, back.stderr
+    assert f"{cpu_service.first} ran before: selfcheck skipped" in back.stderr
+    assert len(selfcheck_tasks(cpu_service)) == 1  # no new one-off task
+    # The sweep follows the worker's tag: back to `first-sweep` (a new revision with that image).
+    image = cpu_service.ecs.describe_task_definition(taskDefinition=sweep.task_definition())[
+        "taskDefinition"
+    ]["containerDefinitions"][0]["image"]
+    assert image.endswith(":first-sweep")
+
+    forced = run_deploy(
+        endpoint, *common, "--revision", v2, "--force-selfcheck", vars_file=vars_file
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert "selfcheck skipped" not in forced.stderr
+    assert len(selfcheck_tasks(cpu_service)) == 2
+
+    # A revision that was registered but never rolled out gets the selfcheck.
+    never = cpu_service.ecs.register_task_definition(
+        **render("never-cpu", CPU_VARS, template=REPO / "deploy/ecs/task-definition-cpu.json")
+    )["taskDefinition"]["taskDefinitionArn"]
+    checked = run_deploy(endpoint, *common, "--revision", never, vars_file=vars_file)
+    assert checked.returncode == 0, checked.stderr
+    assert "selfcheck skipped" not in checked.stderr
+    assert len(selfcheck_tasks(cpu_service)) == 3
+
+
+def test_a_deploy_without_a_sweep_schedule_says_the_sweep_is_not_updated(
+    endpoint: str, cpu_service: Service, cpu_vars_file: Path
+) -> None:
+    completed = run_deploy(
+        endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
+        "--image-tag", "v3-cpu", "--delay", "1", "--max-attempts", "10", "--skip-selfcheck",
+        vars_file=cpu_vars_file,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "the recovery sweep's image was not updated" in completed.stderr
+    assert json.loads(completed.stdout)["sweepTaskDefinitionArn"] is None
+
+
+def test_a_sweep_image_never_pushed_stops_the_deploy_before_anything_changes(
+    endpoint: str, cpu_service: Service, tmp_path: Path
+) -> None:
+    sweep = make_sweep(endpoint, cpu_service)
+    completed = run_deploy(
+        endpoint, "--cluster", cpu_service.cluster, "--service", cpu_service.name,
+        "--image-tag", "unpushed-cpu", "--delay", "1", "--max-attempts", "10",
+        vars_file=sweep_vars(tmp_path, CPU_VARS, sweep),
+    )  # fmt: skip
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"deploy: error: {TEMPLATE_VARS['REPOSITORY_URL']}:unpushed-cpu-sweep is not in the "
+        "repository: push the Dockerfile's `sweep` target under that tag with the worker's "
+        "(docs/deploy.md); nothing was changed"
+    )
+    assert selfcheck_tasks(cpu_service) == []  # stopped before the gate
+    assert sweep.task_definition() == sweep.first
+    described = cpu_service.ecs.describe_services(
+        cluster=cpu_service.cluster, services=[cpu_service.name]
+    )["services"][0]
+    assert described["taskDefinition"] == cpu_service.first

@@ -75,11 +75,12 @@ def test_the_schedule_runs_the_sweep_task_on_fargate_in_this_cluster(module: Mod
     assert target["arn"] == "${aws_ecs_cluster.this.arn}"
     assert target["role_arn"] == "${aws_iam_role.scheduler[0].arn}"
     ecs = block(target, "ecs_parameters")
-    # The family's latest revision: deploy.py registers one per release (image <tag>-sweep), and
-    # the schedule runs it without a schedule update.
-    assert ecs["task_definition_arn"] == (
-        "${aws_ecs_task_definition.recovery[0].arn_without_revision}"
-    )
+    # Terraform's own revision at first; deploy.py then moves the target to each release's sweep
+    # revision (image <tag>-sweep) and back on a rollback, which a later apply must not undo.
+    assert ecs["task_definition_arn"] == "${aws_ecs_task_definition.recovery[0].arn}"
+    assert block(schedule, "lifecycle")["ignore_changes"] == [
+        "${target[0].ecs_parameters[0].task_definition_arn}"
+    ]
     assert ecs["launch_type"] == "FARGATE"
     assert ecs["task_count"] == 1
     network = block(ecs, "network_configuration")

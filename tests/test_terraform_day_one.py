@@ -156,18 +156,22 @@ def test_vpc_endpoints_behind_one_variable(module: Module) -> None:
 # ---------------------------------------------------------------------------------------------
 # IAM: the deployer, the scheduler, name prefixes, SSE-KMS
 # ---------------------------------------------------------------------------------------------
-def deploy_ecs_calls() -> set[str]:
+def deploy_aws_calls() -> set[str]:
+    """The IAM actions of every ECS, ECR and Scheduler call deploy.py makes."""
     source = (REPO / "deploy" / "ecs" / "deploy.py").read_text()
-    calls = set(re.findall(r"\becs\.([a-z_]+)\(", source))
-    assert {"register_task_definition", "update_service", "run_task"} <= calls, calls
-    return {"ecs:" + "".join(p.capitalize() for p in call.split("_")) for call in calls}
+    calls = set(re.findall(r"\b(ecs|ecr|scheduler)\.([a-z_]+)\(", source))
+    assert {("ecs", "register_task_definition"), ("ecs", "update_service")} <= calls, calls
+    assert {("ecs", "tag_resource"), ("scheduler", "update_schedule")} <= calls, calls
+    return {
+        f"{service}:" + "".join(p.capitalize() for p in call.split("_")) for service, call in calls
+    }
 
 
 def test_deployer_policy_covers_what_deploy_py_calls(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["deployer"]
     statements = {s["sid"]: s for s in _statements(document)}
     granted = {a for s in statements.values() for a in s["actions"]}
-    needed = deploy_ecs_calls()
+    needed = deploy_aws_calls()
     assert needed <= granted, f"deployer policy lacks {sorted(needed - granted)}"
     push = set(statements["PushToThisRepository"]["actions"])
     assert {"ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:CompleteLayerUpload"} <= push

@@ -13,6 +13,7 @@ import structlog
 from aiobotocore.config import AioConfig
 
 from worker.consumer import Consumer
+from worker.db_auth import AuthFailureWatch
 from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
 from worker.job_table import JobStore
@@ -82,8 +83,12 @@ class WorkerApp:
             )
             self.metrics.stuck_model_runs.set_function(stuck_runs.stuck)
             self.health.checks.append(stuck_runs.problem)
+            # Past DB_AUTH_FAILURE_LIMIT failed logins in a row (a rotated secret), /healthz fails.
+            auth_watch = AuthFailureWatch(settings.db_auth_failure_limit)
+            self.health.checks.append(auth_watch.problem)
             pool = await asyncpg.create_pool(
                 settings.database_url,
+                connect=auth_watch.connect,
                 min_size=1,
                 max_size=settings.db_pool_size,
                 command_timeout=30,

@@ -22,6 +22,7 @@ import onnxruntime as ort
 import structlog
 from PIL import Image
 
+from worker import cuda_libs
 from worker.batching import MicroBatcher, with_symbolic_batch
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
@@ -166,7 +167,7 @@ class ModelRunner:
         choice = choose_providers(settings.execution_provider, ort.get_available_providers())
         if CUDA in choice.names and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from pip wheels (nvidia-*) are found only once preloaded.
-            ort.preload_dlls()
+            cuda_libs.preload(ort)
         ort.set_default_logger_severity(3)  # errors only, as rembg sets it
         cpu_only = choice.names == [CPU]
         options = session_options(settings, settings.ort_intra_op_threads, cpu_only=cpu_only)
@@ -196,7 +197,7 @@ class ModelRunner:
         if settings.require_gpu and provider != CUDA:
             raise GpuRequired(
                 f"REQUIRE_GPU=true but ONNX Runtime runs on {provider} (requested "
-                f"{', '.join(choice.names)}): CUDA or cuDNN libraries are missing or mismatched"
+                f"{', '.join(choice.names)}): {cuda_libs.provider_load_error(ort)}"
             )
         runner = cls(session, provider, settings.model_name, settings.inference_threads, metrics)
         runner.rembg_session = rembg_session

@@ -62,6 +62,7 @@ class Settings:
     log_format: str
     log_level: str
     queue_stats_interval_seconds: float
+    db_auth_failure_limit: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +122,7 @@ class Settings:
             queue_stats_interval_seconds=reader.number(
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
+            db_auth_failure_limit=reader.integer("DB_AUTH_FAILURE_LIMIT", 3, low=1, high=1000),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

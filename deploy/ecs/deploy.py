@@ -12,9 +12,17 @@ task_template_vars`, plus `--var NAME=VALUE`) and registers it as a new revision
 3. on FAILED, a circuit-breaker rollback, or a timeout: restores the previous revision and waits
    for that rollout too.
 
+The recovery sweep ships with the same tag: its image is `<tag>-sweep` (the Dockerfile's `sweep`
+target). First (before the selfcheck), a revision of the sweep's task definition (the one its
+EventBridge Scheduler schedule runs, `--sweep-schedule` or RECOVERY_SCHEDULE_NAME in the vars)
+with that image is registered, refused if ECR does not hold the image; the schedule is pointed at
+it together with the service, and a rollback restores both.
+
 The metrics sidecar (metrics-sidecar.json) is added when ADOT_CONFIG is set. `--revision` points
-the service at an existing revision instead. Every wait is bounded. Any failure ends with one
-`deploy: error: ...` line and exit status 1.
+the service at an existing revision instead; a revision that has run before (a completed rollout
+tags it ROLLED_OUT_TAG) skips the selfcheck unless `--force-selfcheck`: a rollback at peak must
+not wait for a spare GPU. Every wait is bounded. Any failure ends with one `deploy: error: ...`
+line and exit status 1.
 
     python -m deploy.ecs.deploy --cluster image-worker --service image-worker \\
         --image-tag 3f2c1ab --vars deploy/ecs/vars.json
@@ -41,6 +49,10 @@ CPU_TEMPLATE = HERE / "task-definition-cpu.json"
 SIDECAR_TEMPLATE = HERE / "metrics-sidecar.json"
 PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 EXIT_FAILED = 1
+# Set on a worker revision once a rollout of it completed (or it was the service's completed
+# revision when a deploy started): a rollback to it needs no selfcheck.
+ROLLED_OUT_TAG = "image-worker:rolled-out"
+SWEEP_SUFFIX = "-sweep"
 
 
 class DeployError(RuntimeError):
@@ -206,6 +218,8 @@ def validate(task: Mapping[str, Any], shape: Any | None = None) -> None:
 class Outcome:
     task_definition_arn: str
     previous_task_definition_arn: str | None
+    sweep_task_definition_arn: str | None = None
+    previous_sweep_task_definition_arn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,18 +251,115 @@ class Selfcheck:
         return command
 
 
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """The recovery sweep's EventBridge Scheduler schedule (its ECS target runs the sweep)."""
+
+    scheduler: Any
+    schedule: str
+    group: str = "default"
+    ecr: Any = None  # checks that the sweep image was pushed (an ECR repository URL)
+
+    def read(self) -> dict[str, Any]:
+        return dict[str, Any](self.scheduler.get_schedule(Name=self.schedule, GroupName=self.group))
+
+    def task_definition(self) -> str:
+        schedule = self.read()
+        arn = schedule.get("Target", {}).get("EcsParameters", {}).get("TaskDefinitionArn")
+        if not arn:
+            raise DeployError(f"schedule {self.schedule!r} has no ECS task target")
+        return str(arn)
+
+    def point_at(self, task_definition_arn: str) -> None:
+        """UpdateSchedule replaces the whole schedule: send it back as read, the target's task
+        definition changed."""
+        schedule = self.read()
+        writable = (
+            "ActionAfterCompletion", "Description", "EndDate", "FlexibleTimeWindow", "KmsKeyArn",
+            "ScheduleExpression", "ScheduleExpressionTimezone", "StartDate", "State", "Target",
+        )  # fmt: skip
+        update = {key: schedule[key] for key in writable if schedule.get(key) is not None}
+        update["Target"]["EcsParameters"]["TaskDefinitionArn"] = task_definition_arn
+        self.scheduler.update_schedule(Name=self.schedule, GroupName=self.group, **update)
+
+
+def sweep_image(worker_image: str) -> str:
+    """`<repository>:<tag>` of the worker -> `<repository>:<tag>-sweep`."""
+    repository, sep, tag = worker_image.rpartition(":")
+    if not sep or "/" in tag or not tag:
+        raise DeployError(f"worker image {worker_image!r} has no tag to derive the sweep's from")
+    return f"{repository}:{tag}{SWEEP_SUFFIX}"
+
+
+def check_pushed(ecr: Any, image: str) -> None:
+    """Refuse an image an ECR repository does not hold: the scheduled sweep would fail with
+    CannotPullContainer every run, and nothing would say so but its alarm."""
+    registry, _, rest = image.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    if ".dkr.ecr." not in registry:
+        return  # another registry: not checked
+    from botocore.exceptions import ClientError
+
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ImageNotFoundException":
+            raise
+        raise DeployError(
+            f"{image} is not in the repository: push the Dockerfile's `sweep` target under that "
+            "tag with the worker's (docs/deploy.md); nothing was changed"
+        ) from exc
+
+
+def register_sweep(ecs: Any, current_arn: str, image: str, ecr: Any = None) -> str:
+    """A revision of the sweep's task definition `current_arn` running `image` (the current one
+    if it already does)."""
+    described = ecs.describe_task_definition(taskDefinition=current_arn, include=["TAGS"])
+    task = described["taskDefinition"]
+    if all(c.get("image") == image for c in task.get("containerDefinitions", [])):
+        return current_arn
+    if ecr is not None:
+        check_pushed(ecr, image)
+    members = _input_shape().members
+    register = {key: value for key, value in task.items() if key in members}
+    for container in register["containerDefinitions"]:
+        container["image"] = image
+    if described.get("tags"):
+        register["tags"] = [
+            tag if tag.get("key") != "image-tag" else {**tag, "value": image.rpartition(":")[2]}
+            for tag in described["tags"]
+        ]
+    registered = ecs.register_task_definition(**register)
+    arn = str(registered["taskDefinition"]["taskDefinitionArn"])
+    print(f"registered sweep {arn} ({image})", file=sys.stderr)
+    return arn
+
+
+def ran_before(ecs: Any, task_definition_arn: str) -> bool:
+    described = ecs.describe_task_definition(taskDefinition=task_definition_arn, include=["TAGS"])
+    return any(tag.get("key") == ROLLED_OUT_TAG for tag in described.get("tags") or [])
+
+
+def mark_rolled_out(ecs: Any, task_definition_arn: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ecs.tag_resource(
+        resourceArn=task_definition_arn, tags=[{"key": ROLLED_OUT_TAG, "value": stamp}]
+    )
+
+
 class RolloutFailed(DeployError):
     """The new revision did not roll out (the message says whether the previous one is back)."""
 
 
-def _ecs_client(region: str | None) -> Any:
+def _client(service: str, region: str | None) -> Any:
     import boto3
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip() or None
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         raise DeployError("no AWS region: pass --region, AWS_REGION in --vars, or set AWS_REGION")
-    return boto3.client("ecs", endpoint_url=endpoint, region_name=region)
+    make: Any = boto3.client  # a service chosen at run time (the stubs type each literal)
+    return make(service, endpoint_url=endpoint, region_name=region)
 
 
 def _describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
@@ -276,35 +387,64 @@ def deploy(
     wait: bool = True,
     timing: Timing = Timing(),
     selfcheck: Selfcheck | None = Selfcheck(),
+    force_selfcheck: bool = False,
+    sweep: Sweep | None = None,
+    container: str = "worker",
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     """Register `task_definition` (or use `revision`), run it once as `image-worker selfcheck`
-    (stop there if it fails), switch the service to it and wait for the rollout to complete. A
-    rollout that fails or times out is rolled back: the previous revision is restored and waited
-    for. Every wait is bounded by `timing`."""
+    (stop there if it fails; skipped for a revision that ran before unless `force_selfcheck`),
+    register the sweep's revision for the same tag, switch the service and the sweep's schedule
+    to them and wait for the rollout to complete. A rollout that fails or times out is rolled
+    back: the previous revisions are restored and the service's is waited for. Every wait is
+    bounded by `timing`."""
     current = _describe_service(ecs, cluster, service)
     previous = current.get("taskDefinition")
+    primary = [d for d in current.get("deployments", []) if d.get("status") == "PRIMARY"]
+    if previous and primary and primary[0].get("rolloutState") == "COMPLETED":
+        mark_rolled_out(ecs, previous)  # what the service runs now is a safe rollback target
     if revision is None:
         if task_definition is None:
             raise DeployError("nothing to deploy: give a task definition or a revision")
         registered = ecs.register_task_definition(**task_definition)
         target = str(registered["taskDefinition"]["taskDefinitionArn"])
         print(f"registered {target}", file=sys.stderr)
+        worker_task: Mapping[str, Any] = task_definition
     else:
         described = ecs.describe_task_definition(taskDefinition=revision)
         target = str(described["taskDefinition"]["taskDefinitionArn"])
+        worker_task = described["taskDefinition"]
+        if selfcheck is not None and not force_selfcheck and ran_before(ecs, target):
+            print(
+                f"{target} ran before: selfcheck skipped (--force-selfcheck runs it)",
+                file=sys.stderr,
+            )
+            selfcheck = None
+    sweep_previous = sweep_target = None
+    if sweep is not None:  # first: a sweep image never pushed stops the deploy before the gate
+        sweep_previous = sweep.task_definition()
+        image = sweep_image(_worker_image(worker_task, container))
+        sweep_target = register_sweep(ecs, sweep_previous, image, sweep.ecr)
     if selfcheck is not None:
         # At desiredCount 0 the rollout "completes" without starting a task: only this run
         # proves that the revision starts, loads the model and reaches its dependencies.
         run_selfcheck(ecs, cluster, current, target, selfcheck, timing, sleep=sleep, clock=clock)
     ecs.update_service(cluster=cluster, service=service, taskDefinition=target)
     print(f"service {service} -> {target} (was {previous})", file=sys.stderr)
+    if sweep is not None and sweep_target is not None and sweep_target != sweep_previous:
+        sweep.point_at(sweep_target)
+        print(f"sweep schedule {sweep.schedule} -> {sweep_target}", file=sys.stderr)
+    outcome = Outcome(target, previous, sweep_target, sweep_previous)
     if not wait:
-        return Outcome(target, previous)
+        return outcome
     problem = wait_for_rollout(ecs, cluster, service, target, timing, sleep=sleep, clock=clock)
     if problem is None:
-        return Outcome(target, previous)
+        mark_rolled_out(ecs, target)
+        return outcome
+    if sweep is not None and sweep_previous is not None and sweep_target != sweep_previous:
+        sweep.point_at(sweep_previous)
+        print(f"sweep schedule {sweep.schedule} restored to {sweep_previous}", file=sys.stderr)
     if previous is None or previous == target:
         raise RolloutFailed(f"rollout of {target} failed: {problem}; nothing to roll back to")
     rolled = _describe_service(ecs, cluster, service).get("taskDefinition")
@@ -318,6 +458,13 @@ def deploy(
         f"rollout of {target} failed: {problem}; the service is back on {previous} but that "
         f"rollout did not complete either: {again}"
     )
+
+
+def _worker_image(task: Mapping[str, Any], container: str) -> str:
+    for definition in task.get("containerDefinitions", []):
+        if isinstance(definition, dict) and definition.get("name") == container:
+            return str(definition["image"])
+    raise DeployError(f"the task definition has no container named {container!r}")
 
 
 def wait_for_rollout(
@@ -466,6 +613,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--skip-selfcheck", action="store_true", help="switch the service without a selfcheck run"
     )
+    parser.add_argument(
+        "--force-selfcheck",
+        action="store_true",
+        help="run the selfcheck for a --revision that ran before too (skipped by default)",
+    )
+    parser.add_argument(
+        "--sweep-schedule",
+        help="EventBridge Scheduler schedule of the recovery sweep (default: "
+        "RECOVERY_SCHEDULE_NAME of --vars); its task gets the image <tag>-sweep",
+    )
+    parser.add_argument(
+        "--sweep-schedule-group", default="default", help="the schedule's group (default: default)"
+    )
     parser.add_argument("--delay", type=int, default=15, help="seconds between status checks")
     parser.add_argument(
         "--max-attempts",
@@ -483,6 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--render-only", action="store_true", help="print the rendered task definition and exit"
     )
     args = parser.parse_args(argv)
+    if args.skip_selfcheck and args.force_selfcheck:
+        parser.error("--skip-selfcheck and --force-selfcheck exclude each other")
     if args.delay < 1 or args.max_attempts < 1 or args.selfcheck_timeout < 1:
         parser.error("--delay, --max-attempts and --selfcheck-timeout must be at least 1")
 
@@ -509,8 +671,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source_prefix=str(values.get("SOURCE_PREFIX") or ""),
             )
         region = args.region or (str(values["AWS_REGION"]) if values.get("AWS_REGION") else None)
+        ecs = _client("ecs", region)
+        schedule = args.sweep_schedule or values.get("RECOVERY_SCHEDULE_NAME")
+        sweep = None
+        if schedule:
+            sweep = Sweep(
+                _client("scheduler", region),
+                str(schedule),
+                args.sweep_schedule_group,
+                ecr=_client("ecr", region),
+            )
         outcome = deploy(
-            _ecs_client(region),
+            ecs,
             cluster=args.cluster,
             service=args.service,
             task_definition=task_definition,
@@ -522,6 +694,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 selfcheck_timeout=args.selfcheck_timeout,
             ),
             selfcheck=selfcheck,
+            force_selfcheck=args.force_selfcheck,
+            sweep=sweep,
+            container=str(values.get("CONTAINER_NAME", "worker")),
         )
     except DeployError as exc:
         print(f"deploy: error: {exc}", file=sys.stderr)
@@ -537,11 +712,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotoCoreError as exc:
         print(f"deploy: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if sweep is None and "RECOVERY_SCHEDULE_NAME" not in values:
+        print(
+            "deploy: warning: no --sweep-schedule and no RECOVERY_SCHEDULE_NAME in --vars: "
+            "the recovery sweep's image was not updated",
+            file=sys.stderr,
+        )
     print(
         json.dumps(
             {
                 "taskDefinitionArn": outcome.task_definition_arn,
                 "previous": outcome.previous_task_definition_arn,
+                "sweepTaskDefinitionArn": outcome.sweep_task_definition_arn,
+                "previousSweep": outcome.previous_sweep_task_definition_arn,
             }
         )
     )
