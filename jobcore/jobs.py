@@ -18,10 +18,11 @@ class JobStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by the app; never revived
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     idempotency_key: str | None = None  # the creator's key, when it gave one
+    cancel_requested_at: datetime | None = None  # set while a running job is asked to stop
+    cancel_reason: str | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
@@ -62,6 +65,8 @@ class Job:
             started_at=record["started_at"],
             completed_at=record["completed_at"],
             idempotency_key=record["idempotency_key"],
+            cancel_requested_at=record["cancel_requested_at"],
+            cancel_reason=record["cancel_reason"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,12 +85,17 @@ class Job:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
             "idempotency_key": self.idempotency_key,
+            "cancel_requested_at": (
+                self.cancel_requested_at.isoformat() if self.cancel_requested_at else None
+            ),
+            "cancel_reason": self.cancel_reason,
         }
 
 
 JOB_COLUMNS = (
     "id, book_id, source_bucket, source_key, result_bucket, result_key, status, attempts, error,"
-    " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key"
+    " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key,"
+    " cancel_requested_at, cancel_reason"
 )
 
 
