@@ -272,7 +272,7 @@ async def test_a_cancel_after_the_upload_deletes_the_uploaded_object(
     ) as s3:
         s3_with_cancel = CancelAfterUpload(s3, db)
         store = JobStore(db, settings.worker_id)
-        processor = JobProcessor(settings, store, s3_with_cancel, model, cpu_pool, metrics)  # type: ignore[arg-type]
+        processor = JobProcessor(settings, store, s3_with_cancel, model, cpu_pool, metrics)
         outcome = await processor.process(job.id, 1, None, time.monotonic() + 60)
 
     assert outcome.action is Action.DELETE
