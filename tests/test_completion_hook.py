@@ -17,9 +17,11 @@ from api_client.client import JobClient
 from jobcore.event_outbox import single_output
 from tests.conftest import Aws, StartWorker, worker_env
 from tests.helpers import scrape, synthetic_scene, wait_finished
+from tests.test_selfcheck import check_lines, selfcheck
 from worker.completion_hook import CompletionHookMissing, check_completion_hook
 from worker.errors import FailureKind, JobFailed
 from worker.job_table import Completion, JobStore
+from worker.selfcheck import EXIT_FAILED
 from worker.settings import Settings, SettingsError
 
 APP_SCHEMA = """
@@ -166,3 +168,22 @@ async def test_a_missing_hook_refuses_the_start(
 ) -> None:
     with pytest.raises(CompletionHookMissing, match=r"COMPLETION_HOOK=app\.attach_image: no func"):
         await start_worker(COMPLETION_HOOK="app.attach_image")
+
+
+async def test_the_deploy_gate_checks_the_hook(
+    app_db: asyncpg.Pool, database_url: str, aws: Aws, model_home: Path
+) -> None:
+    good = worker_env(database_url, aws, model_home, RESULT_BUCKET=aws.bucket,
+                      COMPLETION_HOOK="app.attach_processed_image")  # fmt: skip
+    passed = selfcheck(good)
+    assert passed.returncode == 0, passed.stderr
+    assert "completion hook: app.attach_processed_image(uuid, text, jsonb) executable" in (
+        passed.stdout
+    )
+    missing = selfcheck({**good, "COMPLETION_HOOK": "app.two_arguments"})
+    assert missing.returncode == EXIT_FAILED
+    assert check_lines(missing.stderr) == [
+        "selfcheck: completion hook: CompletionHookMissing: COMPLETION_HOOK=app.two_arguments: no"
+        " function app.two_arguments(uuid, text, jsonb) in the database (create it, fix the name"
+        " or its argument types, or unset COMPLETION_HOOK)"
+    ]

@@ -15,6 +15,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobcore.jobs import Job
+from worker.errors import transient
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 
@@ -39,8 +40,12 @@ class Cancellation:
         self.metrics = metrics
 
     async def check(self, job_id: uuid.UUID) -> None:
-        """Raise JobCancelled when a cancel was asked of this job."""
-        reason = await self.store.cancel_requested(job_id)
+        """Raise JobCancelled when a cancel was asked of this job (JobFailed, transient, when the
+        database cannot say)."""
+        try:
+            reason = await self.store.cancel_requested(job_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise transient("database_error", f"cancel check: {type(exc).__name__}: {exc}") from exc
         if reason is not None:
             raise JobCancelled(reason)
 
