@@ -131,7 +131,7 @@ async def test_the_worker_store_never_revives_or_completes_a_cancelled_job(
     await cancel_job(db, abandoned, "stop")
     await asyncio.sleep(0.01)  # the lease (1 ms) has run out
     claim = await JobStore(db, "w2").claim(abandoned, model="u2netp", lease_seconds=30)
-    assert claim.outcome is ClaimOutcome.FINISHED
+    assert claim.outcome is ClaimOutcome.CANCELLED
     assert claim.job is not None
     assert claim.job.status is JobStatus.CANCELLED
     assert claim.job.claimed_by == "w1"
@@ -200,18 +200,20 @@ async def test_cancel_while_running_ends_cancelled_with_no_object(
     result = await cancel_job(db, job.id, "book deleted")
     assert result.outcome is CancelOutcome.REQUESTED
 
-    async def finished() -> asyncpg.Record | None:
-        record = await row(db, job.id)
-        return record if record["status"] != "processing" else None
+    async def ended() -> dict[str, float] | None:
+        metrics = await scrape(worker.url)
+        outcomes = ("cancelled", "completed", "failed")
+        done = sum(metrics[f'image_worker_jobs_total{{outcome="{o}"}}'] for o in outcomes)
+        return metrics if done else None
 
-    done = await eventually(finished, timeout=120)
+    metrics = await eventually(ended, timeout=120)
+    assert metrics['image_worker_jobs_total{outcome="cancelled"}'] == 1
+    assert metrics['image_worker_jobs_total{outcome="failed"}'] == 0
+    done = await row(db, job.id)
     assert done["status"] == "cancelled"
     assert done["error"] == "book deleted"
     assert done["result_key"] is None
     assert await aws.keys("cutouts/") == []
-    metrics = await scrape(worker.url)
-    assert metrics['image_worker_jobs_total{outcome="cancelled"}'] == 1
-    assert metrics['image_worker_jobs_total{outcome="failed"}'] == 0
     assert not any(
         value for name, value in metrics.items() if name.startswith("image_worker_job_failures")
     )
@@ -220,6 +222,32 @@ async def test_cancel_while_running_ends_cancelled_with_no_object(
         return await aws.queue_counts() == (0, 0)
 
     await eventually(message_deleted, timeout=30)
+
+
+async def test_a_cancelled_job_whose_worker_died_after_its_upload_leaves_no_object(
+    start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
+) -> None:
+    """The state a worker killed after its upload leaves: `processing`, its lease run out, the
+    object written; the app cancels; the message comes back to another worker."""
+    await aws.put("sources/scene.jpg", synthetic_scene((320, 240))[0])
+    job = await producer.create_job("sources/scene.jpg")
+    await aws.receive_all()  # the dead worker's delivery: invisible for now
+    dead = JobStore(db, "dead-worker")
+    assert (await dead.claim(job.id, model="u2netp", lease_seconds=0.001)).job is not None
+    await aws.put(f"cutouts/{job.id}.png", b"a cut-out nobody will complete")
+    assert (await cancel_job(db, job.id, "book deleted")).outcome is CancelOutcome.REQUESTED
+    await aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=encode_message(job.id))
+    worker = await start_worker()
+
+    async def cancelled() -> dict[str, float] | None:
+        metrics = await scrape(worker.url)  # counted once the objects are deleted
+        return metrics if metrics['image_worker_jobs_total{outcome="cancelled"}'] == 1 else None
+
+    metrics = await eventually(cancelled, timeout=60)
+    assert metrics['image_worker_jobs_total{outcome="failed"}'] == 0
+    assert await aws.keys("cutouts/") == []
+    done = await row(db, job.id)
+    assert (done["status"], done["error"]) == ("cancelled", "book deleted")
 
 
 class CancelAfterUpload:

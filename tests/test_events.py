@@ -110,8 +110,11 @@ async def test_the_worker_publishes_one_event_per_finished_job(
     assert failed.error == finished[missing.id].error
     assert failed.error is not None
     assert "does not exist" in failed.error
-    assert not await event_pending(db, good.id)
-    assert not await event_pending(db, missing.id)
+
+    async def cleared() -> bool:  # the flag is cleared after the publish returns
+        return not await event_pending(db, good.id) and not await event_pending(db, missing.id)
+
+    await eventually(cleared, timeout=30)
     metrics = await scrape(worker.url)
     assert metrics['image_worker_events_total{outcome="published"}'] == 2
     assert metrics['image_worker_events_total{outcome="failed"}'] == 0
@@ -213,9 +216,13 @@ async def test_a_refused_publish_and_an_early_cancel_are_caught_up(
     worker = await start_worker(EVENTS_TOPIC_ARN=missing_topic)
     failed = await producer.create_job("sources/missing.jpg", book_id="book-f")
     await wait_finished(producer, [failed.id])
-    assert await event_pending(db, failed.id)  # SNS refused it: still owed
-    metrics = await scrape(worker.url)
-    assert metrics['image_worker_events_total{outcome="failed"}'] == 1
+
+    async def refused() -> bool:  # counted after the row's commit, when SNS answers
+        metrics = await scrape(worker.url)
+        return metrics['image_worker_events_total{outcome="failed"}'] == 1
+
+    await eventually(refused, timeout=30)
+    assert await event_pending(db, failed.id)  # still owed
 
     await worker.stop()  # no worker takes the next job: the cancel ends it at once
     cancelled = await producer.create_job("sources/whatever.jpg", book_id="book-c")

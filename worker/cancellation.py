@@ -53,15 +53,7 @@ class Cancellation:
         """Delete `uploaded` (bucket, key) objects, then end the row as `cancelled`. False when
         the row could not be written (the message must come back: the next claim of a row whose
         cancel was asked ends it)."""
-        for bucket, key in uploaded:
-            try:
-                await self.s3.delete_object(Bucket=bucket, Key=key)
-            except (ClientError, BotoCoreError, OSError) as exc:
-                self.metrics.cancel_cleanup_failures.inc()
-                log.error(
-                    "cancelled job's object not deleted", object=f"s3://{bucket}/{key}",
-                    error=str(exc),
-                )  # fmt: skip
+        await self._delete(uploaded)
         try:
             ended = await self.store.cancel(job.id)
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
@@ -73,3 +65,21 @@ class Cancellation:
         else:
             log.warning("lost the claim before cancelling: another worker owns the job")
         return True
+
+    async def remove(self, job: Job, objects: Sequence[tuple[str, str]]) -> None:
+        """A job the claim just ended as cancelled (its worker died): delete the objects that
+        worker may have uploaded (a missing key is no error)."""
+        await self._delete(objects)
+        self.metrics.jobs.labels("cancelled").inc()
+        log.info("job cancelled after its worker died", reason=job.cancel_reason)
+
+    async def _delete(self, objects: Sequence[tuple[str, str]]) -> None:
+        for bucket, key in objects:
+            try:
+                await self.s3.delete_object(Bucket=bucket, Key=key)
+            except (ClientError, BotoCoreError, OSError) as exc:
+                self.metrics.cancel_cleanup_failures.inc()
+                log.error(
+                    "cancelled job's object not deleted", object=f"s3://{bucket}/{key}",
+                    error=str(exc),
+                )  # fmt: skip

@@ -29,6 +29,9 @@ class ClaimOutcome(enum.Enum):
     NOT_FOUND = "not_found"
     FINISHED = "finished"  # completed, failed or cancelled already: drop the message
     BUSY = "busy"  # another worker holds a live lease on it
+    # Its cancel was asked while a worker that has since died held it: `cancelled` now; what that
+    # worker may have uploaded is left for the caller to delete.
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ class JobStore:
         if record is not None:
             return Claim(ClaimOutcome.CLAIMED, Job.from_record(record))
         if await self._cancel_abandoned(job_id):
-            return Claim(ClaimOutcome.FINISHED, await self.get(job_id))
+            return Claim(ClaimOutcome.CANCELLED, await self.get(job_id))
         current = await self.get(job_id)
         if current is None:
             return Claim(ClaimOutcome.NOT_FOUND)

@@ -115,6 +115,10 @@ class JobProcessor:
             log.info("job already finished: message dropped", status=claim.job.status.value)
             self.metrics.jobs.labels("skipped").inc()
             return Outcome(Action.DELETE)
+        if claim.outcome is ClaimOutcome.CANCELLED:
+            assert claim.job is not None
+            await self.cancellation.remove(claim.job, [self._result_location(claim.job)])
+            return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.BUSY:
             # Another live worker holds it; look again once its lease could have run out.
             log.info("job held by another worker", claimed_by=claim.job and claim.job.claimed_by)
@@ -192,13 +196,17 @@ class JobProcessor:
         self.metrics.inference_seconds.observe(model_seconds)
         with self._stage(progress, "encode"):
             png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
-        result_bucket = settings.result_bucket or job.source_bucket
-        result_key = f"{settings.result_prefix}{job.id}.png"
+        result_bucket, result_key = self._result_location(job)
         await self.cancellation.check(job.id)
         with self._stage(progress, "upload"), self._tracking("s3"):
             await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
+
+    def _result_location(self, job: Job) -> tuple[str, str]:
+        return self.settings.result_bucket or job.source_bucket, (
+            f"{self.settings.result_prefix}{job.id}.png"
+        )
 
     @contextmanager
     def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
