@@ -25,14 +25,16 @@ if TYPE_CHECKING:
 
 EVENT_VERSION = 1
 
-# What a subscriber gets as `outputs`: every object the job wrote, by name.
-OUTPUTS_SQL = """CASE WHEN result_key IS NULL THEN NULL ELSE jsonb_build_object(
-    'image', jsonb_build_object('bucket', result_bucket, 'key', result_key)) END"""
+# What a subscriber gets as `outputs`: every object the job wrote ({name, bucket, key,
+# content_type, ...}, the shape of the row's `outputs` column), read from the row.
+OUTPUTS_SQL = """CASE WHEN result_key IS NULL THEN NULL ELSE jsonb_build_array(jsonb_build_object(
+    'name', 'image', 'bucket', result_bucket, 'key', result_key, 'content_type', 'image/png'))
+    END"""
 
 
-def single_output(bucket: str, key: str) -> dict[str, Any]:
-    """`outputs` of a job that wrote one image (the same shape OUTPUTS_SQL reads from the row)."""
-    return {"image": {"bucket": bucket, "key": key}}
+def single_output(bucket: str, key: str) -> list[dict[str, Any]]:
+    """`outputs` of a job that wrote one PNG (what OUTPUTS_SQL reads from such a row)."""
+    return [{"name": "image", "bucket": bucket, "key": key, "content_type": "image/png"}]
 
 
 EVENT_COLUMNS = (
@@ -60,7 +62,7 @@ class JobEvent:
     id: uuid.UUID
     book_id: str | None
     status: JobStatus
-    outputs: dict[str, Any] | None
+    outputs: list[dict[str, Any]] | None
     error: str | None
     model: str | None
     finished_at: datetime

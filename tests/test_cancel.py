@@ -20,6 +20,7 @@ import pytest
 from api_client.client import JobClient
 from api_client.recovery import SweepSettings
 from jobcore.cancel_queries import CancelOutcome, cancel_job
+from jobcore.event_outbox import single_output
 from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker, worker_env
 from tests.helpers import eventually, scrape, synthetic_scene
@@ -113,7 +114,7 @@ async def test_the_worker_store_never_revives_or_completes_a_cancelled_job(
         assert (await store.claim(job_id, model="u2netp", lease_seconds=30)).job is not None
         await cancel_job(db, job_id, f"stop before {ending}")
         if ending == "complete":
-            outputs = {"image": {"bucket": "b", "key": "k"}}
+            outputs = single_output("b", "k")
             assert await store.complete(job_id, "b", "k", outputs) is Completion.CANCEL_REQUESTED
             assert (await row(db, job_id))["status"] == "processing"
             assert await store.cancel(job_id)

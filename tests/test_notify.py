@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from jobcore.cancel_queries import cancel_job
+from jobcore.event_outbox import single_output
 from jobcore.events import JOBS_CHANNEL, JobNotice, MalformedNotice
 from jobcore.jobs import JobStatus
 from worker.job_table import Completion, JobStore
@@ -80,7 +81,7 @@ async def test_every_status_change_is_heard_once_after_commit(
         await transaction.rollback()
     await listener.nothing_more()
 
-    outputs = {"image": {"bucket": "b", "key": "k"}}
+    outputs = single_output("b", "k")
     assert await store.complete(job_id, "b", "k", outputs) is Completion.COMPLETED
     assert await listener.next() == JobNotice(job_id, JobStatus.COMPLETED, "book-7")
     await listener.nothing_more()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,7 @@ class JobStore:
         job_id: uuid.UUID,
         result_bucket: str,
         result_key: str,
-        outputs: Mapping[str, Any],
+        outputs: Sequence[Mapping[str, Any]],
     ) -> Completion:
         """Record the result, and run the completion hook (when set) in the same transaction: a
         hook that raises rolls the completion back and raises JobFailed (transient, its error as
@@ -171,7 +171,7 @@ class JobStore:
                             hook_call_sql(self.completion_hook),
                             job_id,
                             record["book_id"],
-                            json.dumps(dict(outputs)),
+                            json.dumps([dict(output) for output in outputs]),
                         )
                     except asyncpg.PostgresError as exc:  # leaving the block rolls back
                         raise hook_failure(self.completion_hook, exc) from exc
