@@ -251,19 +251,26 @@ async def test_a_cancelled_job_whose_worker_died_after_its_upload_leaves_no_obje
     assert (done["status"], done["error"]) == ("cancelled", "book deleted")
 
 
-class CancelAfterUpload:
-    """The real S3 client, with the app's cancel landing right after the result's upload
-    returns: the window between the upload and the completing UPDATE."""
+class AfterUpload:
+    """The real S3 client, with the app acting right after the result's upload returns (the
+    window between the upload and the completing UPDATE): it cancels the job or deletes its row."""
 
-    def __init__(self, s3: Any, db: asyncpg.Pool) -> None:
+    def __init__(self, s3: Any, db: asyncpg.Pool, app_does: str) -> None:
         self.s3 = s3
         self.db = db
+        self.app_does = app_does
         self.uploaded: list[str] = []
 
     async def put_object(self, **kwargs: Any) -> Any:
         response = await self.s3.put_object(**kwargs)
         self.uploaded.append(kwargs["Key"])
-        await cancel_job(self.db, uuid.UUID(kwargs["Metadata"]["job-id"]), "too late")
+        job_id = uuid.UUID(kwargs["Metadata"]["job-id"])
+        if self.app_does == "cancel":
+            assert (await cancel_job(self.db, job_id, "too late")).outcome is (
+                CancelOutcome.REQUESTED
+            )
+        else:
+            await self.db.execute("DELETE FROM image_processing_jobs WHERE id = $1", job_id)
         return response
 
     def __getattr__(self, name: str) -> Any:
@@ -285,11 +292,13 @@ async def processor_parts(
             model.close()
 
 
-async def test_a_cancel_after_the_upload_deletes_the_uploaded_object(
+@pytest.mark.parametrize("app_does", ["cancel", "delete"])
+async def test_a_cancel_or_delete_after_the_upload_removes_the_uploaded_object(
     processor_parts: tuple[Settings, ModelRunner, ThreadPoolExecutor],
     producer: JobClient,
     aws: Aws,
     db: asyncpg.Pool,
+    app_does: str,
 ) -> None:
     settings, model, cpu_pool = processor_parts
     scene, _ = synthetic_scene((320, 240))
@@ -299,15 +308,20 @@ async def test_a_cancel_after_the_upload_deletes_the_uploaded_object(
     async with aioboto3.Session().client(
         "s3", endpoint_url=aws.endpoint, region_name="us-east-1"
     ) as s3:
-        s3_with_cancel = CancelAfterUpload(s3, db)
+        app_after_upload = AfterUpload(s3, db, app_does)
         store = JobStore(db, settings.worker_id)
-        processor = JobProcessor(settings, store, s3_with_cancel, model, cpu_pool, metrics)
+        processor = JobProcessor(settings, store, app_after_upload, model, cpu_pool, metrics)
         outcome = await processor.process(job.id, 1, None, time.monotonic() + 60)
 
     assert outcome.action is Action.DELETE
-    assert s3_with_cancel.uploaded == [f"cutouts/{job.id}.png"]  # it was there
+    assert app_after_upload.uploaded == [f"cutouts/{job.id}.png"]  # it was there
     assert await aws.keys("cutouts/") == []  # and is gone
-    done = await row(db, job.id)
-    assert (done["status"], done["error"], done["result_key"]) == ("cancelled", "too late", None)
-    assert metrics.jobs.labels("cancelled")._value.get() == 1
     assert metrics.jobs.labels("completed")._value.get() == 0
+    if app_does == "cancel":
+        done = await row(db, job.id)
+        assert (done["status"], done["error"], done["result_key"]) == (
+            "cancelled", "too late", None
+        )  # fmt: skip
+        assert metrics.jobs.labels("cancelled")._value.get() == 1
+    else:
+        assert await db.fetchval("SELECT count(*) FROM image_processing_jobs") == 0

@@ -50,7 +50,8 @@ class Cancellation:
             raise JobCancelled(reason)
 
     async def finish(self, job: Job, uploaded: Sequence[tuple[str, str]]) -> bool:
-        """Delete `uploaded` (bucket, key) objects, then end the row as `cancelled`. False when
+        """Delete `uploaded` (bucket, key) objects, then end the row as `cancelled` (when it still
+        exists: a row deleted by the app while its job ran leaves nothing either). False when
         the row could not be written (the message must come back: the next claim of a row whose
         cancel was asked ends it)."""
         await self._delete(uploaded)
@@ -63,7 +64,7 @@ class Cancellation:
             self.metrics.jobs.labels("cancelled").inc()
             log.info("job cancelled", deleted=len(uploaded))
         else:
-            log.warning("lost the claim before cancelling: another worker owns the job")
+            log.warning("job row deleted or taken by another worker; its uploads deleted")
         return True
 
     async def remove(self, job: Job, objects: Sequence[tuple[str, str]]) -> None:

@@ -43,7 +43,8 @@ class Claim:
 class Completion(enum.Enum):
     COMPLETED = "completed"
     CANCEL_REQUESTED = "cancel_requested"  # not completed: the job must end as cancelled
-    LOST = "lost"  # this worker no longer holds the job
+    LOST = "lost"  # another worker holds the job now
+    GONE = "gone"  # the row was deleted meanwhile: what the job uploaded must go too
 
 
 # A finishing UPDATE's status and error: `cancelled` with the cancel's reason when one was asked.
@@ -176,13 +177,16 @@ class JobStore:
                     except asyncpg.PostgresError as exc:  # leaving the block rolls back
                         raise hook_failure(self.completion_hook, exc) from exc
             if record is None:
-                held = await conn.fetchval(
-                    """SELECT cancel_requested_at IS NOT NULL FROM image_processing_jobs
-                        WHERE id = $1 AND status = 'processing' AND claimed_by = $2""",
+                current = await conn.fetchrow(
+                    """SELECT status = 'processing' AND claimed_by = $2
+                              AND cancel_requested_at IS NOT NULL AS cancel
+                         FROM image_processing_jobs WHERE id = $1""",
                     job_id,
                     self.worker_id,
                 )
-                return Completion.CANCEL_REQUESTED if held else Completion.LOST
+                if current is None:
+                    return Completion.GONE
+                return Completion.CANCEL_REQUESTED if current["cancel"] else Completion.LOST
         await self._published(record)
         return Completion.COMPLETED
 

@@ -160,7 +160,7 @@ class JobProcessor:
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             # The object is uploaded under a deterministic key: a retry overwrites it, no duplicate.
             return self._retry_claimed(classify(exc, stage="complete"), receive_count)
-        if completion is Completion.CANCEL_REQUESTED:
+        if completion in (Completion.CANCEL_REQUESTED, Completion.GONE):
             return await self._cancelled(job, [(result_bucket, result_key)])
         if completion is Completion.LOST:
             log.warning("lost the claim before completing: another worker owns the job")
