@@ -38,6 +38,8 @@ import structlog
 
 from api_client.admin import JobQueue, Requeued, _send_queue_failed
 from api_client.errors import ClientConfigError
+from api_client.event_catchup import sweep_events
+from jobcore.event_outbox import EventCatchUp
 from jobcore.job_queries import count_jobs
 from jobcore.jobs import JobStatus
 from jobcore.queues import queue_depth
@@ -58,6 +60,7 @@ class SweepSettings:
     max_per_pass: int = 500
     max_per_second: float = 50.0
     interval_seconds: float = 60.0  # between passes of the loop
+    events_topic_arn: str | None = None  # EVENTS_TOPIC_ARN: publish owed job-finished events
 
     def __post_init__(self) -> None:
         for name, value in (
@@ -90,6 +93,7 @@ class SweepSettings:
             "max_per_pass": int(_number(env, "SWEEP_MAX_PER_PASS", default.max_per_pass)),
             "max_per_second": _number(env, "SWEEP_MAX_PER_SECOND", default.max_per_second),
             "interval_seconds": _number(env, "SWEEP_INTERVAL_SECONDS", default.interval_seconds),
+            "events_topic_arn": env.get("EVENTS_TOPIC_ARN") or None,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
@@ -135,6 +139,7 @@ class SweepReport:
     send_failures: dict[uuid.UUID, str] = field(default_factory=dict)  # rows left queue_failed
     missing_messages: int | None = None  # None: the queue could not be read, or was not asked
     backlog: UnsentBacklog | None = None  # after the pass
+    events: EventCatchUp | None = None  # None: events are off
     duration_seconds: float = 0.0
 
     @property
@@ -148,6 +153,7 @@ class SweepReport:
             "send_failures": {str(k): v for k, v in self.send_failures.items()},
             "missing_messages": self.missing_messages,
             "backlog": asdict(self.backlog) if self.backlog else None,
+            "events": self.events.to_dict() if self.events else None,
             "duration_seconds": round(self.duration_seconds, 3),
         }
 
@@ -160,6 +166,9 @@ class SweepReport:
             "PendingResent": (len(self.pending_resent), "Count"),
             "SendFailures": (len(self.send_failures), "Count"),
         }
+        if self.events is not None:
+            values["EventsCaughtUp"] = (len(self.events.published), "Count")
+            values["EventPublishFailures"] = (len(self.events.failed), "Count")
         if backlog is not None:
             values["QueueFailedRows"] = (backlog.queue_failed, "Count")
             values["OldestQueueFailedAgeSeconds"] = (
@@ -238,6 +247,7 @@ async def sweep(client: JobQueue, settings: SweepSettings | None = None) -> Swee
                 pace=pace,
             )
             _merge(report, resent, report.pending_resent)
+    report.events = await sweep_events(client, settings)
     report.backlog = await unsent_backlog(
         client.pool, timedelta(seconds=settings.pending_after_seconds)
     )

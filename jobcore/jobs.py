@@ -20,10 +20,11 @@ class JobStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by the app; never revived
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class Job:
     recipe: Recipe | None = None  # None: the worker's DEFAULT_RECIPE
     outputs: list[dict[str, Any]] | None = None  # every object written, once completed
     background_used: dict[str, Any] | None = None  # e.g. {"colour": "#ffffff", "luma": 171.2}
+    cancel_requested_at: datetime | None = None  # set while a running job is asked to stop
+    cancel_reason: str | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> Job:
@@ -70,6 +73,8 @@ class Job:
             recipe=Recipe.from_json(record["recipe"]) if record["recipe"] is not None else None,
             outputs=_json_column(record["outputs"]),
             background_used=_json_column(record["background_used"]),
+            cancel_requested_at=record["cancel_requested_at"],
+            cancel_reason=record["cancel_reason"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,13 +96,18 @@ class Job:
             "recipe": self.recipe.to_json() if self.recipe else None,
             "outputs": self.outputs,
             "background_used": self.background_used,
+            "cancel_requested_at": (
+                self.cancel_requested_at.isoformat() if self.cancel_requested_at else None
+            ),
+            "cancel_reason": self.cancel_reason,
         }
 
 
 JOB_COLUMNS = (
     "id, book_id, source_bucket, source_key, result_bucket, result_key, status, attempts, error,"
     " model, claimed_by, created_at, updated_at, started_at, completed_at, idempotency_key,"
-    " recipe, outputs, background_used"
+    " recipe, outputs, background_used,"
+    " cancel_requested_at, cancel_reason"
 )
 
 

@@ -157,9 +157,10 @@ data "aws_iam_policy_document" "task" {
     resources = [local.source_bucket_arn]
   }
 
+  # DeleteObject: a job cancelled after its upload removes what it wrote (worker/cancellation.py).
   statement {
     sid       = "WriteCutouts"
-    actions   = ["s3:PutObject"]
+    actions   = ["s3:PutObject", "s3:DeleteObject"]
     resources = [local.result_object_arn]
   }
 

@@ -153,6 +153,7 @@ output "task_template_vars" {
     STOP_TIMEOUT_SECONDS       = var.stop_timeout_seconds
     METRICS_PORT               = var.metrics_port
     LOG_LEVEL                  = var.log_level
+    EVENTS_TOPIC_ARN           = local.events_topic_env
     TASK_CPU                   = var.task_cpu
     TASK_MEMORY                = var.task_memory
     GPU_COUNT                  = var.gpu_count

@@ -112,6 +112,7 @@ locals {
     SWEEP_PENDING_AFTER_SECONDS = tostring(var.recovery_pending_after_seconds)
     SWEEP_MAX_PER_PASS          = tostring(var.recovery_max_per_pass)
     SWEEP_MAX_PER_SECOND        = tostring(var.recovery_max_per_second)
+    EVENTS_TOPIC_ARN            = local.events_topic_env # events.tf: catch up missed events
   })
 
   recovery_container_name = "recovery"

@@ -25,6 +25,7 @@ locals {
     REQUIRE_GPU                = local.gpu ? "true" : "false"
     LOG_FORMAT                 = "json"
     LOG_LEVEL                  = var.log_level
+    EVENTS_TOPIC_ARN           = local.events_topic_env # events.tf; empty: no events
   }
   worker_environment = merge(var.extra_environment, local.database_environment, local.worker_environment_managed)
 

@@ -361,6 +361,7 @@ async def test_stats_counts_ages_and_queue_depths(
     stats = await producer.stats()
     assert stats.counts == {
         "pending": 3, "queue_failed": 0, "processing": 0, "completed": 1, "failed": 1,
+        "cancelled": 0,
     }  # fmt: skip
     assert stats.oldest_pending_age_seconds is not None
     assert 590 < stats.oldest_pending_age_seconds < 700

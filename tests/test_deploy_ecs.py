@@ -49,6 +49,7 @@ TEMPLATE_VARS: dict[str, Any] = {
     "SQS_QUEUE_URL": f"https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/image-worker-jobs",
     "RESULT_BUCKET": "book-photos",
     "RESULT_PREFIX": "cutouts/",
+    "EVENTS_TOPIC_ARN": "",  # events_topic_enabled = false
     "WORKER_CONCURRENCY": 4,
     "INFERENCE_THREADS": 1,
     "MAX_ATTEMPTS": 5,

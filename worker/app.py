@@ -12,8 +12,11 @@ import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
 
+from jobcore.event_outbox import EventPublisher
+from worker.completion_hook import check_completion_hook
 from worker.consumer import Consumer
 from worker.db_auth import AuthFailureWatch
+from worker.events import WorkerEvents
 from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
 from worker.job_table import JobStore
@@ -95,8 +98,8 @@ class WorkerApp:
                 max_inactive_connection_lifetime=300,
             )
             stack.push_async_callback(pool.close)
-            store = JobStore(pool, settings.worker_id)
-            self.health.database_ping = store.ping
+            if settings.completion_hook is not None:
+                await check_completion_hook(pool, settings.completion_hook)
 
             session = aioboto3.Session()
             endpoint = settings.aws_endpoint_url
@@ -106,6 +109,17 @@ class WorkerApp:
             s3 = await stack.enter_async_context(
                 session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
             )
+            events: WorkerEvents | None = None
+            if settings.events_topic_arn is not None:
+                sns = await stack.enter_async_context(
+                    session.client("sns", endpoint_url=endpoint, config=aws_config(settings))
+                )
+                publisher = EventPublisher(sns, settings.events_topic_arn)
+                events = WorkerEvents(publisher, pool, self.metrics)
+            store = JobStore(
+                pool, settings.worker_id, completion_hook=settings.completion_hook, events=events
+            )
+            self.health.database_ping = store.ping
 
             # Entered after the clients and the model it uses, so its loops stop before they close.
             supervisor = await stack.enter_async_context(Supervisor(self.metrics))

@@ -80,6 +80,7 @@ def _run() -> int:
     import asyncpg
 
     from worker.app import WorkerApp
+    from worker.completion_hook import CompletionHookMissing
     from worker.weights import ModelUnavailable
 
     async def serve() -> int:
@@ -87,7 +88,7 @@ def _run() -> int:
         install_stop_signals(app.stop_requested)
         try:
             await app.run()
-        except ModelUnavailable as exc:
+        except (ModelUnavailable, CompletionHookMissing) as exc:
             structlog.get_logger("worker").error("cannot start", reason=str(exc))
             return EXIT_START_FAILED
         except (OSError, asyncpg.PostgresError) as exc:

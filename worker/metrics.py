@@ -187,10 +187,24 @@ class WorkerMetrics:
             "re-sent (fleet-wide: aggregate with max).",
             registry=r,
         )
+        self.events = Counter(
+            "image_worker_events",
+            "Job-finished events this worker published to SNS (EVENTS_TOPIC_ARN), by outcome; a"
+            " failed one is left to the recovery sweep's catch-up.",
+            ["outcome"],
+            registry=r,
+        )
+        self.cancel_cleanup_failures = Counter(
+            "image_worker_cancel_cleanup_failures",
+            "Objects of a cancelled job that could not be deleted (logged with their keys).",
+            registry=r,
+        )
+        for outcome in ("published", "failed"):
+            self.events.labels(outcome)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
             self.job_timeouts.labels(stage)
-        for outcome in ("completed", "failed", "retried", "skipped"):
+        for outcome in ("completed", "failed", "cancelled", "retried", "skipped"):
             self.jobs.labels(outcome)
         for dependency in ("database", "sqs", "s3"):
             self.dependency_up.labels(dependency).set(1)

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import structlog
 
-from jobcore.jobs import Job
+from jobcore.event_outbox import single_output
+from jobcore.jobs import Job, JobStatus
 from worker import imaging, s3_objects
+from worker.cancellation import Cancellation, JobCancelled
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
-from worker.job_table import ClaimOutcome, JobStore
+from worker.job_table import ClaimOutcome, Completion, JobStore
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 
@@ -69,6 +71,7 @@ class JobProcessor:
         self.model = model
         self.cpu_pool = cpu_pool
         self.metrics = metrics
+        self.cancellation = Cancellation(store, s3, metrics)
 
     async def process(
         self, job_id: uuid.UUID, receive_count: int, sent_at: float | None, deadline: float
@@ -82,9 +85,10 @@ class JobProcessor:
                 " (worker crashed or was killed while processing it)"
             )
             try:
-                if await self.store.fail_unclaimed(job_id, reason):
+                ended = await self.store.fail_unclaimed(job_id, reason)
+                if ended:
                     log.warning("job failed: attempts exhausted", reason=reason)
-                    self.metrics.jobs.labels("failed").inc()
+                    self.metrics.jobs.labels(ended.value).inc()
                     return Outcome(Action.LEAVE)
             except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
                 return self._retry_unclaimed(classify(exc, stage="claim"), receive_count)
@@ -111,6 +115,10 @@ class JobProcessor:
             log.info("job already finished: message dropped", status=claim.job.status.value)
             self.metrics.jobs.labels("skipped").inc()
             return Outcome(Action.DELETE)
+        if claim.outcome is ClaimOutcome.CANCELLED:
+            assert claim.job is not None
+            await self.cancellation.remove(claim.job, [self._result_location(claim.job)])
+            return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.BUSY:
             # Another live worker holds it; look again once its lease could have run out.
             log.info("job held by another worker", claimed_by=claim.job and claim.job.claimed_by)
@@ -131,6 +139,8 @@ class JobProcessor:
         except asyncio.CancelledError:
             await asyncio.shield(self._release_quietly(job, "worker stopped before finishing"))
             raise
+        except JobCancelled:
+            return await self._cancelled(job, [])
         except Exception as exc:
             if limit.expired():
                 failure = self._timed_out(progress.stage)
@@ -142,11 +152,17 @@ class JobProcessor:
 
         try:
             with self.metrics.time_stage("complete"):
-                recorded = await self.store.complete(job.id, result_bucket, result_key)
+                completion = await self.store.complete(
+                    job.id, result_bucket, result_key, single_output(result_bucket, result_key)
+                )
+        except JobFailed as exc:  # the completion hook failed: the completion was rolled back
+            return await self._record_failure(job, exc.failure, receive_count)
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             # The object is uploaded under a deterministic key: a retry overwrites it, no duplicate.
             return self._retry_claimed(classify(exc, stage="complete"), receive_count)
-        if not recorded:
+        if completion in (Completion.CANCEL_REQUESTED, Completion.GONE):
+            return await self._cancelled(job, [(result_bucket, result_key)])
+        if completion is Completion.LOST:
             log.warning("lost the claim before completing: another worker owns the job")
             return Outcome(Action.DELETE)
         self.metrics.jobs.labels("completed").inc()
@@ -180,12 +196,17 @@ class JobProcessor:
         self.metrics.inference_seconds.observe(model_seconds)
         with self._stage(progress, "encode"):
             png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
-        result_bucket = settings.result_bucket or job.source_bucket
-        result_key = f"{settings.result_prefix}{job.id}.png"
+        result_bucket, result_key = self._result_location(job)
+        await self.cancellation.check(job.id)
         with self._stage(progress, "upload"), self._tracking("s3"):
             await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
+
+    def _result_location(self, job: Job) -> tuple[str, str]:
+        return self.settings.result_bucket or job.source_bucket, (
+            f"{self.settings.result_prefix}{job.id}.png"
+        )
 
     @contextmanager
     def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
@@ -228,20 +249,25 @@ class JobProcessor:
         exhausted = receive_count >= self.settings.max_attempts
         try:
             if failure.permanent:
-                await self.store.fail(job.id, failure.reason)
+                ended = await self.store.fail(job.id, failure.reason)
                 log.warning("job failed", reason=failure.reason, code=failure.code)
-                self.metrics.jobs.labels("failed").inc()
+                self.metrics.jobs.labels((ended or JobStatus.FAILED).value).inc()
                 return Outcome(Action.DELETE)
             if exhausted:
                 reason = f"gave up after {receive_count} attempts: {failure.reason}"
-                await self.store.fail(job.id, reason)
+                ended = await self.store.fail(job.id, reason)
                 log.warning("job failed: attempts exhausted", reason=reason)
-                self.metrics.jobs.labels("failed").inc()
+                self.metrics.jobs.labels((ended or JobStatus.FAILED).value).inc()
                 return Outcome(Action.LEAVE)
             await self.store.release(job.id, failure.reason)
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             log.warning("could not record the failure; the message will return", error=str(exc))
         return self._retry_claimed(failure, receive_count)
+
+    async def _cancelled(self, job: Job, uploaded: list[tuple[str, str]]) -> Outcome:
+        if await self.cancellation.finish(job, uploaded):
+            return Outcome(Action.DELETE)
+        return Outcome(Action.RETRY, self.backoff(1))
 
     def _retry_claimed(self, failure: Failure, receive_count: int) -> Outcome:
         delay = self.backoff(receive_count)

@@ -7,6 +7,8 @@ the daemon will do, with the same clients and credentials, bounded in time:
 - model: load the weights with the configured provider (REQUIRE_GPU refuses a CPU fallback) and
   cut out a tiny image;
 - database: connect and SELECT from the jobs table (migrated, readable);
+- completion hook (with COMPLETION_HOOK): the function exists with (uuid, text, jsonb) and this
+  role may execute it, as the daemon checks at start;
 - queue: GetQueueAttributes on SQS_QUEUE_URL; dlq: find it from the RedrivePolicy (GetQueueUrl)
   and GetQueueAttributes, as the depth gauge does;
 - source bucket (with --source-bucket): ListObjectsV2, MaxKeys=1, under the source prefix. This
@@ -14,7 +16,7 @@ the daemon will do, with the same clients and credentials, bounded in time:
 - result bucket: PutObject of a small probe at `<RESULT_PREFIX>_selfcheck.txt`, the one S3 write
   the worker makes (a missing grant or key policy would otherwise surface at the first job, as
   retries into the DLQ). One fixed key, overwritten by every check; job results are
-  `<RESULT_PREFIX><uuid>.png`, so it never collides. The task role has no DeleteObject, by design.
+  `<RESULT_PREFIX><uuid>.png`, so it never collides. The probe stays: one small fixed object.
 
 Exit 0 with one `selfcheck: ok ...` line, or EXIT_FAILED (3) with one `selfcheck: <check>: <why>`
 line per failing check."""
@@ -67,6 +69,11 @@ async def run_checks(settings: Settings, targets: Targets) -> list[CheckResult]:
             ("queue", CHECK_TIMEOUT_SECONDS, lambda: check_queue(sqs, settings.queue_url)),
             ("dlq", CHECK_TIMEOUT_SECONDS, lambda: check_dlq(sqs, settings.queue_url)),
         ]
+        hook = settings.completion_hook
+        if hook is not None:
+            checks.append(
+                ("completion hook", CHECK_TIMEOUT_SECONDS, lambda: check_hook(settings, hook))
+            )
         if targets.source_bucket:
             source = targets.source_bucket
             checks.append(
@@ -141,6 +148,19 @@ async def check_database(settings: Settings) -> str:
     finally:
         await connection.close()
     return "image_processing_jobs readable"
+
+
+async def check_hook(settings: Settings, name: str) -> str:
+    import asyncpg
+
+    from worker.completion_hook import HOOK_ARGUMENTS, check_completion_hook
+
+    connection = await asyncpg.connect(settings.database_url, timeout=CHECK_TIMEOUT_SECONDS)
+    try:
+        await check_completion_hook(connection, name)
+    finally:
+        await connection.close()
+    return f"{name}{HOOK_ARGUMENTS} executable"
 
 
 async def check_queue(sqs: Any, queue_url: str) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.completion_hook import hook_name_problem
+
 EXECUTION_PROVIDERS = ("auto", "cuda", "cpu")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -63,6 +65,8 @@ class Settings:
     log_level: str
     queue_stats_interval_seconds: float
     db_auth_failure_limit: int = 3
+    completion_hook: str | None = None  # a PostgreSQL function run in the completing transaction
+    events_topic_arn: str | None = None  # SNS topic for job-finished events; None: no events
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +127,8 @@ class Settings:
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
             db_auth_failure_limit=reader.integer("DB_AUTH_FAILURE_LIMIT", 3, low=1, high=1000),
+            completion_hook=reader.completion_hook("COMPLETION_HOOK"),
+            events_topic_arn=reader.optional("EVENTS_TOPIC_ARN", prefix=("arn:",)),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -154,6 +160,16 @@ class _Reader:
     def _check_prefix(self, name: str, value: str, prefix: tuple[str, ...]) -> str:
         if prefix and not value.startswith(prefix):
             self.problems.append(f"{name} must start with {' or '.join(prefix)}")
+        return value
+
+    def completion_hook(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is None:
+            return None
+        problem = hook_name_problem(value)
+        if problem is not None:
+            self.problems.append(problem)
+            return None
         return value
 
     def text(self, name: str, default: str) -> str:
