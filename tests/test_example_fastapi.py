@@ -381,7 +381,6 @@ async def test_the_listener_attaches_the_cut_out_as_the_new_primary_image(
     assert await again.stop(), again.output()
 
 
-@pytest.mark.xfail(strict=False, reason="the worker's COMPLETION_HOOK (notify) and Job.outputs")
 async def test_the_completion_hook_attaches_it_in_the_completing_transaction(
     database_url: str, aws: Aws, db: asyncpg.Pool, start_worker: StartWorker, launch_app: LaunchApp
 ) -> None:
@@ -483,7 +482,7 @@ async def test_retry_and_remove_background_again_with_unknown_ids_and_double_cli
     assert await app.stop(), app.output()
 
 
-@pytest.mark.xfail(strict=False, reason="JobClient.cancel_job (producer) and `cancelled` (notify)")
+@pytest.mark.xfail(strict=False, reason="JobClient.cancel_job (producer)")
 async def test_cancel_an_open_job_and_a_finished_one(
     database_url: str, aws: Aws, db: asyncpg.Pool, launch_app: LaunchApp
 ) -> None:
