@@ -4,8 +4,10 @@ duplicate or late message can never undo a finished job or run it twice."""
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -72,17 +74,40 @@ class JobStore:
             float(lease_seconds),
         )
 
-    async def complete(self, job_id: uuid.UUID, result_bucket: str, result_key: str) -> bool:
-        """Record the result; False when this worker no longer holds the job."""
+    async def complete(
+        self,
+        job_id: uuid.UUID,
+        result_bucket: str,
+        result_key: str,
+        *,
+        outputs: list[dict[str, Any]] | None = None,
+        background_used: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the result (and every object written); False when this worker no longer holds
+        the job."""
         status = await self.pool.execute(
             """UPDATE image_processing_jobs
                   SET status = 'completed', result_bucket = $3, result_key = $4, error = NULL,
+                      outputs = $5::jsonb, background_used = $6::jsonb,
                       lease_expires_at = NULL, completed_at = now(), updated_at = now()
                 WHERE id = $1 AND status = 'processing' AND claimed_by = $2""",
             job_id,
             self.worker_id,
             result_bucket,
             result_key,
+            None if outputs is None else json.dumps(outputs),
+            None if background_used is None else json.dumps(background_used),
+        )
+        return _affected(status) == 1
+
+    async def record_model(self, job_id: uuid.UUID, model: str) -> bool:
+        """The model this attempt runs, when its recipe names another than the claim's."""
+        status = await self.pool.execute(
+            """UPDATE image_processing_jobs SET model = $3, updated_at = now()
+                WHERE id = $1 AND status = 'processing' AND claimed_by = $2""",
+            job_id,
+            self.worker_id,
+            model,
         )
         return _affected(status) == 1
 

@@ -1,4 +1,6 @@
 """One job, start to end: claim -> download -> decode -> inference -> encode -> upload -> complete.
+The job's recipe (or DEFAULT_RECIPE) picks the model (worker/attempts.py, worker/models.py) and
+what the encode stage makes of the mask (worker/compose.py).
 
 `process` never raises for a job's own failure: it records the outcome on the row and returns what
 the consumer must do with the message (delete it, or return it after a delay)."""
@@ -20,11 +22,14 @@ import asyncpg
 import structlog
 
 from jobcore.jobs import Job
-from worker import imaging, s3_objects
+from jobcore.recipe import Recipe
+from worker import attempts, imaging, s3_objects
+from worker.compose import Composed, NoSubject, check_subject, compose
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
 from worker.job_table import ClaimOutcome, JobStore
 from worker.metrics import WorkerMetrics
+from worker.models import ModelRegistry
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,20 +58,28 @@ class _Progress:
     stage: str = "claim"
 
 
+@dataclass(frozen=True, slots=True)
+class _Result:
+    bucket: str
+    key: str
+    outputs: list[dict[str, Any]]
+    background_used: dict[str, Any]
+
+
 class JobProcessor:
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
         s3: S3Client,
-        model: ModelRunner,
+        models: ModelRegistry,
         cpu_pool: Executor,
         metrics: WorkerMetrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.s3 = s3
-        self.model = model
+        self.models = models
         self.cpu_pool = cpu_pool
         self.metrics = metrics
 
@@ -92,7 +105,7 @@ class JobProcessor:
             with self.metrics.time_stage("claim"):
                 claim = await self.store.claim(
                     job_id,
-                    model=self.model.model_name,
+                    model=self.settings.model_name,
                     lease_seconds=self.settings.visibility_timeout_seconds,
                 )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
@@ -124,10 +137,14 @@ class JobProcessor:
     ) -> Outcome:
         started = time.perf_counter()
         progress = _Progress()
+        recipe = job.recipe or self.settings.default_recipe
+        model = attempts.model_for(job, recipe, receive_count, self.settings.max_attempts)
         limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
         try:
             async with limit:
-                result_bucket, result_key = await self._stages(job, progress)
+                if model != job.model:
+                    await self.store.record_model(job.id, model)
+                result = await self._stages(job, recipe, model, progress)
         except asyncio.CancelledError:
             await asyncio.shield(self._release_quietly(job, "worker stopped before finishing"))
             raise
@@ -142,7 +159,13 @@ class JobProcessor:
 
         try:
             with self.metrics.time_stage("complete"):
-                recorded = await self.store.complete(job.id, result_bucket, result_key)
+                recorded = await self.store.complete(
+                    job.id,
+                    result.bucket,
+                    result.key,
+                    outputs=result.outputs,
+                    background_used=result.background_used,
+                )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             # The object is uploaded under a deterministic key: a retry overwrites it, no duplicate.
             return self._retry_claimed(classify(exc, stage="complete"), receive_count)
@@ -150,13 +173,16 @@ class JobProcessor:
             log.warning("lost the claim before completing: another worker owns the job")
             return Outcome(Action.DELETE)
         self.metrics.jobs.labels("completed").inc()
+        self.metrics.recipe_jobs.labels(
+            model, _yes(recipe.matting), _yes(attempts.uses_fallback(recipe, model))
+        ).inc()
         self.metrics.job_seconds.observe(time.perf_counter() - started)
         if sent_at is not None:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - sent_at))
-        log.info("job completed", result=f"s3://{result_bucket}/{result_key}")
+        log.info("job completed", result=f"s3://{result.bucket}/{result.key}", model=model)
         return Outcome(Action.DELETE)
 
-    async def _stages(self, job: Job, progress: _Progress) -> tuple[str, str]:
+    async def _stages(self, job: Job, recipe: Recipe, model: str, progress: _Progress) -> _Result:
         settings = self.settings
         loop = asyncio.get_running_loop()
         with self._stage(progress, "download"), self._tracking("s3"):
@@ -168,24 +194,69 @@ class JobProcessor:
             decoded = await loop.run_in_executor(
                 self.cpu_pool,
                 lambda: imaging.decode(
-                    data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                    data,
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
+                    max_side=settings.max_image_side,
                 ),
             )
         log.debug("decoded", source_format=decoded.source_format, size=decoded.rgb.size)
-        with self._stage(progress, "preprocess"):
-            model_input = await loop.run_in_executor(self.cpu_pool, self.model.prepare, decoded.rgb)
-        with self._stage(progress, "inference"):
-            output, model_seconds = await self.model.infer(model_input)
-        del model_input
+        progress.stage = "inference"  # a model's first load counts as part of its first run
+        async with self.models.use(model) as runner:
+            with self._stage(progress, "preprocess"):
+                model_input = await loop.run_in_executor(self.cpu_pool, runner.prepare, decoded.rgb)
+            with self._stage(progress, "inference"):
+                output, model_seconds = await runner.infer(model_input)
+            del model_input
         self.metrics.inference_seconds.observe(model_seconds)
         with self._stage(progress, "encode"):
-            png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
-        result_bucket = settings.result_bucket or job.source_bucket
-        result_key = f"{settings.result_prefix}{job.id}.png"
+            try:
+                composed = await loop.run_in_executor(
+                    self.cpu_pool, self._compose, decoded, output, recipe, model
+                )
+            except NoSubject as exc:
+                failure = attempts.gate_failure(recipe, model, exc.reason)
+                nxt = "failed" if failure.failure.permanent else "fallback"
+                self.metrics.quality_gate_failures.labels(model, nxt).inc()
+                raise failure from None
+        del decoded, output
+        return await self._upload(job, recipe, composed, progress)
+
+    def _compose(
+        self, decoded: imaging.DecodedImage, output: Any, recipe: Recipe, model: str
+    ) -> Composed:
+        """CPU stage: the mask from the model's output, the quality gate, the recipe's images."""
+        mask = ModelRunner.mask_from_output(output, decoded.rgb.size)
+        check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
+        return compose(decoded, mask, recipe, png_compress_level=self.settings.png_compress_level)
+
+    async def _upload(
+        self, job: Job, recipe: Recipe, composed: Composed, progress: _Progress
+    ) -> _Result:
+        """Deterministic keys under the result prefix: `<prefix><job_id>.<ext>` for the result,
+        `<prefix><job_id>/thumb-<N>.jpg` for thumbnails; a retry overwrites them."""
+        bucket = self.settings.result_bucket or job.source_bucket
+        prefix = f"{self.settings.result_prefix}{job.id}"
+        records: list[dict[str, Any]] = []
         with self._stage(progress, "upload"), self._tracking("s3"):
-            await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
-        self.metrics.bytes_processed.labels("out").inc(len(png))
-        return result_bucket, result_key
+            for item in composed.outputs:
+                key = f"{prefix}.{item.extension}" if item.name == "result" else (
+                    f"{prefix}/{item.name}.{item.extension}"
+                )  # fmt: skip
+                await s3_objects.upload(
+                    self.s3, bucket, key, item.data, job_id=str(job.id),
+                    content_type=item.content_type,
+                )  # fmt: skip
+                self.metrics.bytes_processed.labels("out").inc(len(item.data))
+                records.append({
+                    "name": item.name, "bucket": bucket, "key": key,
+                    "content_type": item.content_type, "width": item.width,
+                    "height": item.height, "bytes": len(item.data),
+                })  # fmt: skip
+        background = recipe.background if recipe.background in ("transparent", "auto") else "colour"
+        self.metrics.recipe_outputs.labels(recipe.format, background).inc()
+        self.metrics.thumbnails.inc(len(records) - 1)
+        return _Result(bucket, str(records[0]["key"]), records, composed.background_used)
 
     @contextmanager
     def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
@@ -205,12 +276,6 @@ class JobProcessor:
             "job_timeout",
             f"{stage}: timed out, the job took longer than JOB_TIMEOUT_SECONDS={limit:g}",
         )
-
-    def _encode_cut_out(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
-        """CPU stage: the mask from the model's output, the cut-out, and its PNG."""
-        mask = self.model.mask_from_output(output, decoded.rgb.size)
-        cutout = imaging.cut_out(decoded, mask)
-        return imaging.encode_png(cutout, compress_level=self.settings.png_compress_level)
 
     @contextmanager
     def _tracking(self, dependency: str) -> Iterator[None]:
@@ -266,3 +331,7 @@ class JobProcessor:
             self.settings.backoff_base_seconds * 2 ** max(0, receive_count - 1),
         )
         return int(random.uniform(ceiling / 2, ceiling) + 0.5)  # noqa: S311 - jitter, not crypto
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
