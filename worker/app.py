@@ -73,6 +73,7 @@ class WorkerApp:
             self.metrics.model_info.info(
                 {"model": settings.model_name, "provider": model.provider or "none"}
             )
+            self.metrics.show_default_recipe(settings.model_name, settings.default_recipe.matting)
             self.health.model_loaded = True
             stuck_runs = StuckRunCheck(
                 model.executor,

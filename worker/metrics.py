@@ -243,6 +243,13 @@ class WorkerMetrics:
         self.bytes_processed.labels("in")
         self.bytes_processed.labels("out")
 
+    def show_default_recipe(self, model: str, matting: bool) -> None:
+        """Export the default recipe's series at 0 from the start, so that rates over them
+        have data before the first job."""
+        self.recipe_jobs.labels(model, "yes" if matting else "no", "no")
+        for step in ("fallback", "failed"):
+            self.quality_gate_failures.labels(model, step)
+
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:
         started = time.perf_counter()
