@@ -89,6 +89,25 @@ class Rendered:
     width: int
     height: int
 
+    def key(self, job_prefix: str) -> str:
+        """`<prefix><job_id>.<ext>` for the result, `<prefix><job_id>/thumb-<N>.jpg` for a
+        thumbnail: deterministic, so a retry overwrites."""
+        if self.name == "result":
+            return f"{job_prefix}.{self.extension}"
+        return f"{job_prefix}/{self.name}.{self.extension}"
+
+    def record(self, bucket: str, key: str) -> dict[str, Any]:
+        """Its entry in the row's `outputs`."""
+        return {
+            "name": self.name,
+            "bucket": bucket,
+            "key": key,
+            "content_type": self.content_type,
+            "width": self.width,
+            "height": self.height,
+            "bytes": len(self.data),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Composed:

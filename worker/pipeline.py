@@ -233,30 +233,26 @@ class JobProcessor:
     async def _upload(
         self, job: Job, recipe: Recipe, composed: Composed, progress: _Progress
     ) -> _Result:
-        """Deterministic keys under the result prefix: `<prefix><job_id>.<ext>` for the result,
-        `<prefix><job_id>/thumb-<N>.jpg` for thumbnails; a retry overwrites them."""
         bucket = self.settings.result_bucket or job.source_bucket
-        prefix = f"{self.settings.result_prefix}{job.id}"
+        job_prefix = f"{self.settings.result_prefix}{job.id}"
         records: list[dict[str, Any]] = []
         with self._stage(progress, "upload"), self._tracking("s3"):
             for item in composed.outputs:
-                key = f"{prefix}.{item.extension}" if item.name == "result" else (
-                    f"{prefix}/{item.name}.{item.extension}"
-                )  # fmt: skip
+                key = item.key(job_prefix)
                 await s3_objects.upload(
-                    self.s3, bucket, key, item.data, job_id=str(job.id),
+                    self.s3,
+                    bucket,
+                    key,
+                    item.data,
+                    job_id=str(job.id),
                     content_type=item.content_type,
-                )  # fmt: skip
+                )
                 self.metrics.bytes_processed.labels("out").inc(len(item.data))
-                records.append({
-                    "name": item.name, "bucket": bucket, "key": key,
-                    "content_type": item.content_type, "width": item.width,
-                    "height": item.height, "bytes": len(item.data),
-                })  # fmt: skip
+                records.append(item.record(bucket, key))
         background = recipe.background if recipe.background in ("transparent", "auto") else "colour"
         self.metrics.recipe_outputs.labels(recipe.format, background).inc()
         self.metrics.thumbnails.inc(len(records) - 1)
-        return _Result(bucket, str(records[0]["key"]), records, composed.background_used)
+        return _Result(bucket, records[0]["key"], records, composed.background_used)
 
     @contextmanager
     def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
