@@ -115,9 +115,11 @@ def test_recipe_settings(model_home: Path) -> None:
     assert plain.default_recipe.model == plain.model_name == "u2netp"
     assert plain.preload_models == ("u2netp",)
     assert plain.max_image_side == 4096
+    assert not plain.default_recipe_set  # rows without a recipe: today's job, no gate
     mixed = settings(model_home, MODEL_NAME="u2net", DEFAULT_RECIPE='{"background": "auto"}')
     assert mixed.default_recipe.model == mixed.model_name == "u2net"
     assert mixed.default_recipe.background == "auto"
+    assert mixed.default_recipe_set
     assert mixed.preload_models == ("u2net",)
     with pytest.raises(SettingsError) as caught:
         settings(

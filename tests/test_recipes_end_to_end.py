@@ -199,6 +199,7 @@ async def test_gate_fallback_missing_model_and_size_limit(
         aws,
         {
             "uniform": (uniform.getvalue(), Recipe(background="auto")),
+            "uniform-no-recipe": (uniform.getvalue(), None),
             "tiny": (tiny, Recipe(min_subject_px=100)),
             "fallback": (dark, Recipe(model="empty", fallback_model="u2netp")),
             "missing": (dark, Recipe(model="isnet-general-use")),
@@ -211,6 +212,9 @@ async def test_gate_fallback_missing_model_and_size_limit(
     assert uniform_job.status is JobStatus.FAILED
     assert (uniform_job.error or "").startswith("no_subject: the mask is empty: u2netp's peak")
     assert uniform_job.attempts == 1
+
+    # Without a recipe (and no DEFAULT_RECIPE) a job is today's: no gate, a transparent PNG.
+    await result(aws, jobs["uniform-no-recipe"])
 
     tiny_job = jobs["tiny"]
     assert tiny_job.status is JobStatus.FAILED
@@ -245,9 +249,9 @@ async def test_gate_fallback_missing_model_and_size_limit(
     assert jobs["matting"].background_used is not None
 
     metrics = await scrape(worker.url)
-    # Model runs: uniform, tiny, fallback twice, matting; none for the missing model or the
-    # over-size image (refused from its header).
-    assert metrics["image_worker_inference_seconds_count"] == 5
+    # Model runs: uniform twice, tiny, fallback twice, matting; none for the missing model or
+    # the over-size image (refused from its header).
+    assert metrics["image_worker_inference_seconds_count"] == 6
     gate = "image_worker_quality_gate_failures_total"
     assert metrics[f'{gate}{{model="empty",next="fallback"}}'] == 1
     assert metrics[f'{gate}{{model="u2netp",next="failed"}}'] == 2

@@ -211,8 +211,10 @@ class JobProcessor:
         self.metrics.inference_seconds.observe(model_seconds)
         with self._stage(progress, "encode"):
             try:
+                # Today's job exactly for a row without a recipe, unless DEFAULT_RECIPE is set.
+                gated = job.recipe is not None or settings.default_recipe_set
                 composed = await loop.run_in_executor(
-                    self.cpu_pool, self._compose, decoded, output, recipe, model
+                    self.cpu_pool, self._compose, decoded, output, recipe, model, gated
                 )
             except NoSubject as exc:
                 failure = attempts.gate_failure(recipe, model, exc.reason)
@@ -223,11 +225,17 @@ class JobProcessor:
         return await self._upload(job, recipe, composed, progress)
 
     def _compose(
-        self, decoded: imaging.DecodedImage, output: Any, recipe: Recipe, model: str
+        self,
+        decoded: imaging.DecodedImage,
+        output: Any,
+        recipe: Recipe,
+        model: str,
+        gated: bool,
     ) -> Composed:
         """CPU stage: the mask from the model's output, the quality gate, the recipe's images."""
         mask = ModelRunner.mask_from_output(output, decoded.rgb.size)
-        check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
+        if gated:
+            check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
         return compose(decoded, mask, recipe, png_compress_level=self.settings.png_compress_level)
 
     async def _upload(

@@ -68,6 +68,7 @@ class Settings:
     queue_stats_interval_seconds: float
     # Recipes (docs: README "Recipes"). `model_name` is the default recipe's model.
     default_recipe: Recipe
+    default_recipe_set: bool  # DEFAULT_RECIPE given: rows without a recipe get the quality gate
     max_image_side: int
     max_loaded_models: int
     preload_models: tuple[str, ...]
@@ -149,6 +150,7 @@ class Settings:
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
             default_recipe=default_recipe,
+            default_recipe_set=reader.is_set("DEFAULT_RECIPE"),
             max_image_side=reader.integer("MAX_IMAGE_SIDE", 4096, low=16, high=65535),
             max_loaded_models=max_loaded,
             preload_models=preload,
@@ -185,6 +187,9 @@ class _Reader:
         if prefix and not value.startswith(prefix):
             self.problems.append(f"{name} must start with {' or '.join(prefix)}")
         return value
+
+    def is_set(self, name: str) -> bool:
+        return self._raw(name) is not None
 
     def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
