@@ -5,7 +5,9 @@ the GIL and its `run` is thread-safe).
 For the u2net family the worker runs the ONNX file itself with rembg's pre- and post-processing
 reproduced step for step (checked equal to rembg's own `predict` in tests/test_inference.py), so
 it never imports `rembg`: its import pulls in pymatting, numba, scipy and scikit-image (about
-200 MiB of RSS) for alpha matting the worker does not use. Other models go through rembg."""
+200 MiB of RSS) for rembg's alpha matting (a matting recipe loads worker/matting.py's own stack
+on its first job). CUSTOM_MODELS files take the same
+path. Other models go through rembg. worker/models.py decides which models are loaded."""
 
 from __future__ import annotations
 
