@@ -38,7 +38,8 @@ def single_output(bucket: str, key: str) -> list[dict[str, Any]]:
 
 
 EVENT_COLUMNS = (
-    f"id, book_id, status, ({OUTPUTS_SQL}) AS outputs, error, model, completed_at AS finished_at"
+    f"id, book_id, status, COALESCE(outputs, {OUTPUTS_SQL}) AS outputs, error, model,"
+    " completed_at AS finished_at"
 )
 
 SELECT_OWED = f"""

@@ -87,6 +87,22 @@ class Recipe:
             if self.fallback_model is None:
                 raise RecipeError("fallback_from_attempt", "needs a fallback_model")
 
+    @classmethod
+    def seed(cls, model: str = "u2netp", fallback_model: str | None = None) -> Recipe:
+        """What the system this project replaces does to each photo: matting, the subject on black
+        or white by its luma, a 300 px JPEG thumbnail, a 100 px quality gate. It runs u2net with
+        `isnet-general-use` as the last attempt's model; u2netp is the default here because its
+        weights are the ones every install has (`Recipe.seed("u2net", "isnet-general-use")` is
+        theirs, where those weights are fetched)."""
+        return cls(
+            model=model,
+            fallback_model=fallback_model,
+            matting=True,
+            background="auto",
+            thumbnails=(300,),
+            min_subject_px=100,
+        )
+
     @property
     def transparent(self) -> bool:
         return self.background == "transparent"

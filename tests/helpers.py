@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
@@ -105,3 +105,12 @@ def unused_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+CONTRACT_OUTPUT_FIELDS = ("name", "bucket", "key", "content_type")
+
+
+def contract_fields(outputs: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """`outputs` entries cut to the fields every writer records (the worker adds width, height
+    and bytes), for comparing with `single_output`."""
+    return [{field: output[field] for field in CONTRACT_OUTPUT_FIELDS} for output in outputs or []]

@@ -25,9 +25,9 @@ from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker, worker_env
 from tests.helpers import eventually, scrape, synthetic_scene
 from tests.test_delivery_retries import large_photo
-from worker.inference import ModelRunner
 from worker.job_table import ClaimOutcome, Completion, JobStore
 from worker.metrics import WorkerMetrics
+from worker.models import ModelRegistry
 from worker.pipeline import Action, JobProcessor
 from worker.settings import Settings
 
@@ -280,21 +280,20 @@ class AfterUpload:
 @pytest.fixture
 async def processor_parts(
     database_url: str, aws: Aws, model_home: Path, db: asyncpg.Pool
-) -> AsyncIterator[tuple[Settings, ModelRunner, ThreadPoolExecutor]]:
+) -> AsyncIterator[tuple[Settings, ModelRegistry, ThreadPoolExecutor]]:
     settings = Settings.from_env(worker_env(database_url, aws, model_home))
     with ThreadPoolExecutor(2) as cpu_pool:
-        model = await asyncio.get_running_loop().run_in_executor(
-            cpu_pool, ModelRunner.load, settings, WorkerMetrics()
-        )
+        models = ModelRegistry(settings, WorkerMetrics())
+        await models.preload((settings.model_name,))
         try:
-            yield settings, model, cpu_pool
+            yield settings, models, cpu_pool
         finally:
-            model.close()
+            models.close()
 
 
 @pytest.mark.parametrize("app_does", ["cancel", "delete"])
 async def test_a_cancel_or_delete_after_the_upload_removes_the_uploaded_object(
-    processor_parts: tuple[Settings, ModelRunner, ThreadPoolExecutor],
+    processor_parts: tuple[Settings, ModelRegistry, ThreadPoolExecutor],
     producer: JobClient,
     aws: Aws,
     db: asyncpg.Pool,

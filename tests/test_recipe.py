@@ -95,3 +95,17 @@ def test_jpeg_needs_a_solid_background() -> None:
 )
 def test_model_for_attempt(recipe: Recipe, expected: list[str]) -> None:
     assert [recipe.model_for_attempt(n, 5) for n in range(1, 6)] == expected
+
+
+def test_seed_recipe() -> None:
+    seed = Recipe.seed()
+    assert (seed.model, seed.fallback_model, seed.matting, seed.background) == (
+        "u2netp",
+        None,
+        True,
+        "auto",
+    )
+    assert (seed.thumbnails, seed.min_subject_px, seed.format) == ((300,), 100, "png")
+    theirs = Recipe.seed("u2net", "isnet-general-use")
+    assert theirs.model_for_attempt(3, 3) == "isnet-general-use"
+    assert Recipe.from_json(theirs.to_json()) == theirs

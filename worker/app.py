@@ -18,9 +18,9 @@ from worker.consumer import Consumer
 from worker.db_auth import AuthFailureWatch
 from worker.events import WorkerEvents
 from worker.health import HealthServer, HealthState
-from worker.inference import ModelRunner
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
+from worker.models import ModelRegistry
 from worker.pipeline import JobProcessor
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
@@ -52,7 +52,7 @@ class WorkerApp:
         self.ready = asyncio.Event()
         self.port: int | None = None
         self.provider: str | None = None
-        self.model: ModelRunner | None = None
+        self.model: ModelRegistry | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -69,14 +69,15 @@ class WorkerApp:
             cpu_pool = stack.enter_context(
                 ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
-            model = await asyncio.get_running_loop().run_in_executor(
-                cpu_pool, ModelRunner.load, settings, self.metrics
-            )
+            model = ModelRegistry(settings, self.metrics)
             stack.callback(model.close)
             self.model = model
+            await model.preload(settings.preload_models)  # each loaded and warmed up
             self.provider = model.provider
-            self.metrics.model_load_seconds.set(model.load_seconds)
-            self.metrics.model_info.info({"model": model.model_name, "provider": model.provider})
+            self.metrics.model_info.info(
+                {"model": settings.model_name, "provider": model.provider or "none"}
+            )
+            self.metrics.show_default_recipe(settings.model_name, settings.default_recipe.matting)
             self.health.model_loaded = True
             stuck_runs = StuckRunCheck(
                 model.executor,
@@ -139,6 +140,7 @@ class WorkerApp:
                 on_poll=self.health.polled,
             )
             self.ready.set()
-            log.info("worker ready", metrics_port=self.port, provider=model.provider)
+            log.info("worker ready", metrics_port=self.port, provider=model.provider,
+                     models=model.loaded(), available=model.available())  # fmt: skip
             await consumer.run(self.stop_requested)
         log.info("worker stopped")

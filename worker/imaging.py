@@ -33,7 +33,9 @@ class DecodedImage:
     source_format: str
 
 
-def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+def decode(
+    data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None
+) -> DecodedImage:
     if not data:
         raise permanent("empty_object", "source object is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -56,6 +58,11 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
             "too_many_pixels",
             f"image is {width}x{height} ({width * height} pixels),"
             f" over MAX_IMAGE_PIXELS={max_pixels}",
+        )
+    if max_side is not None and max(width, height) > max_side:  # from the header, as above
+        raise permanent(
+            "too_large",
+            f"image is {width}x{height}, its longer side over MAX_IMAGE_SIDE={max_side}",
         )
     if width < 1 or height < 1:
         raise permanent("corrupt_image", f"image has no pixels ({width}x{height})")
@@ -116,15 +123,20 @@ def cut_out(decoded: DecodedImage, mask: Image.Image) -> Image.Image:
     return result
 
 
-def encode_png(image: Image.Image, *, compress_level: int) -> bytes:
+def encode_png(
+    image: Image.Image, *, compress_level: int, icc_profile: bytes | None = None
+) -> bytes:
     """The image as PNG. 8-bit RGBA (every cut-out) is written here: each row with PNG's Up
     filter (the row minus the row above, one numpy subtraction per band of rows), deflated by
     zlib at `compress_level`. Pillow's encoder tries every filter on every row; on the benchmark's
     photos this takes about half its CPU for a file of about the same size, with the same pixels
-    (docs/performance.md). Other modes go through Pillow."""
+    (docs/performance.md). Other modes go through Pillow. `icc_profile` defaults to the image's
+    own, as Pillow's encoder keeps it."""
+    icc_profile = icc_profile or image.info.get("icc_profile")
     if image.mode != "RGBA":
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=compress_level)
+        extra = {"icc_profile": icc_profile} if icc_profile else {}
+        image.save(buffer, format="PNG", compress_level=compress_level, **extra)
         return buffer.getvalue()
     width, height = image.size
     compressor = zlib.compressobj(compress_level)
@@ -146,7 +158,7 @@ def encode_png(image: Image.Image, *, compress_level: int) -> bytes:
     deflated += compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
     chunks = [_png_chunk(b"IHDR", header)]
-    if icc_profile := image.info.get("icc_profile"):  # kept, as Pillow's encoder keeps it
+    if icc_profile:
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)))
     crc = zlib.crc32(deflated, zlib.crc32(b"IDAT"))
     idat: list[bytes | bytearray] = [

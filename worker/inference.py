@@ -5,7 +5,9 @@ the GIL and its `run` is thread-safe).
 For the u2net family the worker runs the ONNX file itself with rembg's pre- and post-processing
 reproduced step for step (checked equal to rembg's own `predict` in tests/test_inference.py), so
 it never imports `rembg`: its import pulls in pymatting, numba, scipy and scikit-image (about
-200 MiB of RSS) for alpha matting the worker does not use. Other models go through rembg."""
+200 MiB of RSS) for rembg's alpha matting (a matting recipe loads worker/matting.py's own stack
+on its first job). CUSTOM_MODELS files take the same
+path. Other models go through rembg. worker/models.py decides which models are loaded."""
 
 from __future__ import annotations
 
@@ -144,14 +146,22 @@ class ModelRunner:
         model_name: str,
         threads: int,
         metrics: WorkerMetrics | None = None,
+        *,
+        split: bool | None = None,
+        executor: TimedThreadPool | None = None,
     ) -> None:
         self.session = session  # the ONNX Runtime session a lone run uses
         self.input_name: str = session.get_inputs()[0].name
         self.rembg_session: Any = None  # models outside SPLIT_MODELS: rembg's session, whole
         self.provider = provider
         self.model_name = model_name
+        self.split = model_name in SPLIT_MODELS if split is None else split
         self.metrics = metrics or WorkerMetrics()
-        self.executor = TimedThreadPool(max_workers=threads, thread_name_prefix="inference")
+        # A registry shares one pool between its models (INFERENCE_THREADS in all) and closes it.
+        self.owns_executor = executor is None
+        self.executor = executor or TimedThreadPool(
+            max_workers=threads, thread_name_prefix="inference"
+        )
         self.abandoned_runs = 0
         self.load_seconds = 0.0
         self.batcher: MicroBatcher | None = None
@@ -160,10 +170,24 @@ class ModelRunner:
         self._running_lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: Settings, metrics: WorkerMetrics | None = None) -> ModelRunner:
-        """Blocking: verify the weights, build the session, run a warm-up inference."""
+    def load(
+        cls,
+        settings: Settings,
+        metrics: WorkerMetrics | None = None,
+        *,
+        name: str | None = None,
+        custom_file: Path | None = None,
+        executor: TimedThreadPool | None = None,
+        batching: bool = True,
+    ) -> ModelRunner:
+        """Blocking: verify the weights, build the session, run a warm-up inference. `name`
+        defaults to MODEL_NAME; `custom_file` is an ONNX file run as a u2net-family model;
+        `batching` allows the micro-batcher when BATCH_SIZE > 1."""
         started = time.perf_counter()
-        model_file = verify_model(settings.model_home, settings.model_name)
+        name = name or settings.model_name
+        split = custom_file is not None or name in SPLIT_MODELS
+        model_file = verify_custom(name, custom_file) if custom_file else None
+        model_file = model_file or verify_model(settings.model_home, name)
         choice = choose_providers(settings.execution_provider, ort.get_available_providers())
         if CUDA in choice.names and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from pip wheels (nvidia-*) are found only once preloaded.
@@ -172,7 +196,7 @@ class ModelRunner:
         cpu_only = choice.names == [CPU]
         options = session_options(settings, settings.ort_intra_op_threads, cpu_only=cpu_only)
         rembg_session: Any = None
-        if settings.model_name in SPLIT_MODELS:
+        if split:
             session = ort.InferenceSession(
                 str(model_file), sess_options=options, providers=choice.requested
             )
@@ -181,16 +205,14 @@ class ModelRunner:
             from rembg import new_session
 
             try:
-                rembg_session = new_session(
-                    settings.model_name, sess_opts=options, providers=choice.requested
-                )
+                rembg_session = new_session(name, sess_opts=options, providers=choice.requested)
             except TypeError:
                 # rembg (2.0.86) raises this from its own CPU-fallback warning, which cannot
                 # format a (provider, options) tuple: ONNX Runtime could not start CUDA (no GPU
                 # or driver) and fell back to the CPU. Build that CPU session; REQUIRE_GPU decides.
                 if CUDA not in choice.names:
                     raise
-                rembg_session = new_session(settings.model_name, sess_opts=options, providers=[CPU])
+                rembg_session = new_session(name, sess_opts=options, providers=[CPU])
             session = rembg_session.inner_session
         active = session.get_providers()
         provider = active[0] if active else CPU
@@ -199,7 +221,15 @@ class ModelRunner:
                 f"REQUIRE_GPU=true but ONNX Runtime runs on {provider} (requested "
                 f"{', '.join(choice.names)}): {cuda_libs.provider_load_error(ort)}"
             )
-        runner = cls(session, provider, settings.model_name, settings.inference_threads, metrics)
+        runner = cls(
+            session,
+            provider,
+            name,
+            settings.inference_threads,
+            metrics,
+            split=split,
+            executor=executor,
+        )
         runner.rembg_session = rembg_session
         if provider == CPU and settings.inference_threads > 1 and runner.split:
             # A lone job gets every core (latency); overlapping runs get one thread each, which
@@ -209,13 +239,13 @@ class ModelRunner:
                 sess_options=session_options(settings, 1, cpu_only=True),
                 providers=[CPU],
             )
-        if settings.batch_size > 1:
+        if settings.batch_size > 1 and batching:
             runner.enable_batching(settings, model_file, options, choice)
         runner.predict(Image.new("RGB", (320, 320), (128, 128, 128)))  # warm-up
         runner.load_seconds = time.perf_counter() - started
         log.info(
             "model loaded",
-            model=settings.model_name,
+            model=name,
             provider=provider,
             available=ort.get_available_providers(),
             seconds=round(runner.load_seconds, 3),
@@ -232,7 +262,7 @@ class ModelRunner:
         if not self.split:
             raise ModelUnavailable(
                 f"BATCH_SIZE={settings.batch_size} needs a u2net-family model, not "
-                f"{settings.model_name!r}: set BATCH_SIZE=1"
+                f"{self.model_name!r}: set BATCH_SIZE=1"
             )
         model = with_symbolic_batch(model_file)
         session = ort.InferenceSession(model, sess_options=options, providers=choice.requested)
@@ -243,10 +273,6 @@ class ModelRunner:
             settings.batch_wait_seconds,
             self.metrics.batch_size,
         )
-
-    @property
-    def split(self) -> bool:
-        return self.model_name in SPLIT_MODELS
 
     def predict(self, image: Image.Image) -> Image.Image:
         """Blocking: the alpha mask (mode L, the image's size), all stages in this thread."""
@@ -276,17 +302,26 @@ class ModelRunner:
                 self._running -= 1
         return output
 
-    def mask_from_output(
-        self, output: np.ndarray | Image.Image, size: tuple[int, int]
-    ) -> Image.Image:
+    @staticmethod
+    def mask_from_output(output: np.ndarray | Image.Image, size: tuple[int, int]) -> Image.Image:
         """CPU stage: rembg's post-processing, min-max over the map, resized to the image."""
         if isinstance(output, Image.Image):
             return output
         prediction = output[:, 0, :, :]
         high, low = np.max(prediction), np.min(prediction)
+        if high <= low:  # a flat map: nothing found (rembg would divide by zero)
+            return Image.new("L", size, 0)
         prediction = np.squeeze((prediction - low) / (high - low))
         mask = Image.fromarray((prediction.clip(0, 1) * 255).astype("uint8"))
         return mask.resize(size, Image.Resampling.LANCZOS)
+
+    @staticmethod
+    def peak(output: np.ndarray | Image.Image) -> float | None:
+        """The model's highest confidence (0-1) before rembg's min-max stretch, which turns even
+        a map of near-zeros into a full-range mask; None for rembg's finished masks."""
+        if isinstance(output, Image.Image):
+            return None
+        return float(np.max(output[:, 0, :, :]))
 
     async def infer(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
         if self.batcher is not None and not isinstance(model_input, Image.Image):
@@ -304,8 +339,18 @@ class ModelRunner:
     def close(self) -> None:
         """After the drain, a run still going belongs to a job that was given up or cancelled, and
         ONNX Runtime cannot stop it: do not wait for it (`abandoned_runs` tells the caller, which
-        must then leave with os._exit, since interpreter exit joins pool threads)."""
+        must then leave with os._exit, since interpreter exit joins pool threads). A shared pool
+        is its owner's to close."""
+        if not self.owns_executor:
+            return
         self.abandoned_runs = len(self.executor.running_longer_than(0))
         if self.abandoned_runs:
             log.warning("model runs still going at close; not waiting", runs=self.abandoned_runs)
         self.executor.shutdown(wait=not self.abandoned_runs, cancel_futures=True)
+
+
+def verify_custom(name: str, path: Path) -> Path:
+    """A CUSTOM_MODELS file: present and not empty (its contents are checked by loading it)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ModelUnavailable(f"custom model {name!r} not found at {path} (CUSTOM_MODELS)")
+    return path

@@ -146,15 +146,19 @@ class JobStore:
         result_bucket: str,
         result_key: str,
         outputs: Sequence[Mapping[str, Any]],
+        background_used: Mapping[str, Any] | None = None,
     ) -> Completion:
-        """Record the result, and run the completion hook (when set) in the same transaction: a
-        hook that raises rolls the completion back and raises JobFailed (transient, its error as
-        the reason). A cancel asked before this commit wins: CANCEL_REQUESTED, nothing recorded."""
+        """Record the result, every object written (`outputs`) and the background used, and run
+        the completion hook (when set) in the same transaction: a hook that raises rolls the
+        completion back and raises JobFailed (transient, its error as the reason). A cancel asked
+        before this commit wins: CANCEL_REQUESTED, nothing recorded."""
+        outputs_json = json.dumps([dict(output) for output in outputs])
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 record = await conn.fetchrow(
                     f"""UPDATE image_processing_jobs
                            SET status = 'completed', result_bucket = $3, result_key = $4,
+                               outputs = $6::jsonb, background_used = $7::jsonb,
                                error = NULL, lease_expires_at = NULL, completed_at = now(),
                                updated_at = now(), event_pending = $5
                          WHERE id = $1 AND status = 'processing' AND claimed_by = $2
@@ -165,6 +169,8 @@ class JobStore:
                     result_bucket,
                     result_key,
                     self.events_on,
+                    outputs_json,
+                    None if background_used is None else json.dumps(dict(background_used)),
                 )
                 if record is not None and self.completion_hook is not None:
                     try:
@@ -172,7 +178,7 @@ class JobStore:
                             hook_call_sql(self.completion_hook),
                             job_id,
                             record["book_id"],
-                            json.dumps([dict(output) for output in outputs]),
+                            outputs_json,
                         )
                     except asyncpg.PostgresError as exc:  # leaving the block rolls back
                         raise hook_failure(self.completion_hook, exc) from exc
@@ -189,6 +195,17 @@ class JobStore:
                 return Completion.CANCEL_REQUESTED if current["cancel"] else Completion.LOST
         await self._published(record)
         return Completion.COMPLETED
+
+    async def record_model(self, job_id: uuid.UUID, model: str) -> bool:
+        """The model this attempt runs, when its recipe names another than the claim's."""
+        status: str = await self.pool.execute(
+            """UPDATE image_processing_jobs SET model = $3, updated_at = now()
+                WHERE id = $1 AND status = 'processing' AND claimed_by = $2""",
+            job_id,
+            self.worker_id,
+            model,
+        )
+        return status == "UPDATE 1"
 
     async def cancel(self, job_id: uuid.UUID) -> bool:
         """End this worker's job as `cancelled` after its cancel was requested (its objects are

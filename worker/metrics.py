@@ -23,6 +23,8 @@ from prometheus_client import (
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # BATCH_SIZE is at most 64
+RECIPE_FORMATS = ("png", "webp", "jpeg")
+RECIPE_BACKGROUNDS = ("transparent", "auto", "colour")
 STAGES = (
     "claim", "download", "decode", "preprocess", "inference", "encode", "upload", "complete"
 )  # fmt: skip
@@ -201,6 +203,50 @@ class WorkerMetrics:
         )
         for outcome in ("published", "failed"):
             self.events.labels(outcome)
+        # Recipes. Label values come from fixed sets: model names (rembg's list and
+        # CUSTOM_MODELS), yes/no flags, formats and background kinds.
+        self.recipe_jobs = Counter(
+            "image_worker_recipe_jobs",
+            "Completed jobs by the model that produced the result, matting on/off and whether it"
+            " was the recipe's fallback model.",
+            ["model", "matting", "fallback"],
+            registry=r,
+        )
+        self.quality_gate_failures = Counter(
+            "image_worker_quality_gate_failures",
+            "Attempts ended by the quality gate (empty mask or subject under min_subject_px), by"
+            " model and what follows: the fallback model's attempt, or the job failing.",
+            ["model", "next"],
+            registry=r,
+        )
+        self.recipe_outputs = Counter(
+            "image_worker_recipe_outputs",
+            "Result images written, by format and background kind (thumbnails not counted).",
+            ["format", "background"],
+            registry=r,
+        )
+        self.thumbnails = Counter(
+            "image_worker_thumbnails", "Thumbnails written (JPEG).", registry=r
+        )
+        self.models_loaded = Gauge(
+            "image_worker_models_loaded",
+            "Models loaded now (at most MAX_LOADED_MODELS).",
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "image_worker_model_loads",
+            "Model loads (preload or first use), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.model_evictions = Counter(
+            "image_worker_model_evictions",
+            "Models unloaded to make room for another (MAX_LOADED_MODELS).",
+            registry=r,
+        )
+        for fmt in RECIPE_FORMATS:
+            for background in RECIPE_BACKGROUNDS:
+                self.recipe_outputs.labels(fmt, background)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
             self.job_timeouts.labels(stage)
@@ -210,6 +256,13 @@ class WorkerMetrics:
             self.dependency_up.labels(dependency).set(1)
         self.bytes_processed.labels("in")
         self.bytes_processed.labels("out")
+
+    def show_default_recipe(self, model: str, matting: bool) -> None:
+        """Export the default recipe's series at 0 from the start, so that rates over them
+        have data before the first job."""
+        self.recipe_jobs.labels(model, "yes" if matting else "no", "no")
+        for step in ("fallback", "failed"):
+            self.quality_gate_failures.labels(model, step)
 
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:

@@ -1,4 +1,6 @@
 """One job, start to end: claim -> download -> decode -> inference -> encode -> upload -> complete.
+The job's recipe (or DEFAULT_RECIPE) picks the model (worker/attempts.py, worker/models.py) and
+what the encode stage makes of the mask (worker/compose.py).
 
 `process` never raises for a job's own failure: it records the outcome on the row and returns what
 the consumer must do with the message (delete it, or return it after a delay)."""
@@ -19,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import structlog
 
-from jobcore.event_outbox import single_output
 from jobcore.jobs import Job, JobStatus
-from worker import imaging, s3_objects
+from jobcore.recipe import Recipe
+from worker import attempts, imaging, s3_objects
 from worker.cancellation import Cancellation, JobCancelled
+from worker.compose import Composed, NoSubject, check_subject, compose, output_keys
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
 from worker.job_table import ClaimOutcome, Completion, JobStore
 from worker.metrics import WorkerMetrics
+from worker.models import ModelRegistry
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -55,20 +59,28 @@ class _Progress:
     stage: str = "claim"
 
 
+@dataclass(frozen=True, slots=True)
+class _Result:
+    bucket: str
+    key: str
+    outputs: list[dict[str, Any]]
+    background_used: dict[str, Any]
+
+
 class JobProcessor:
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
         s3: S3Client,
-        model: ModelRunner,
+        models: ModelRegistry,
         cpu_pool: Executor,
         metrics: WorkerMetrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.s3 = s3
-        self.model = model
+        self.models = models
         self.cpu_pool = cpu_pool
         self.metrics = metrics
         self.cancellation = Cancellation(store, s3, metrics)
@@ -96,7 +108,7 @@ class JobProcessor:
             with self.metrics.time_stage("claim"):
                 claim = await self.store.claim(
                     job_id,
-                    model=self.model.model_name,
+                    model=self.settings.model_name,
                     lease_seconds=self.settings.visibility_timeout_seconds,
                 )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
@@ -117,7 +129,7 @@ class JobProcessor:
             return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.CANCELLED:
             assert claim.job is not None
-            await self.cancellation.remove(claim.job, [self._result_location(claim.job)])
+            await self.cancellation.remove(claim.job, self._result_locations(claim.job))
             return Outcome(Action.DELETE)
         if claim.outcome is ClaimOutcome.BUSY:
             # Another live worker holds it; look again once its lease could have run out.
@@ -132,10 +144,14 @@ class JobProcessor:
     ) -> Outcome:
         started = time.perf_counter()
         progress = _Progress()
+        recipe = job.recipe or self.settings.default_recipe
+        model = attempts.model_for(job, recipe, receive_count, self.settings.max_attempts)
         limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
         try:
             async with limit:
-                result_bucket, result_key = await self._stages(job, progress)
+                if model != job.model:
+                    await self.store.record_model(job.id, model)
+                result = await self._stages(job, recipe, model, progress)
         except asyncio.CancelledError:
             await asyncio.shield(self._release_quietly(job, "worker stopped before finishing"))
             raise
@@ -153,7 +169,11 @@ class JobProcessor:
         try:
             with self.metrics.time_stage("complete"):
                 completion = await self.store.complete(
-                    job.id, result_bucket, result_key, single_output(result_bucket, result_key)
+                    job.id,
+                    result.bucket,
+                    result.key,
+                    outputs=result.outputs,
+                    background_used=result.background_used,
                 )
         except JobFailed as exc:  # the completion hook failed: the completion was rolled back
             return await self._record_failure(job, exc.failure, receive_count)
@@ -161,18 +181,22 @@ class JobProcessor:
             # The object is uploaded under a deterministic key: a retry overwrites it, no duplicate.
             return self._retry_claimed(classify(exc, stage="complete"), receive_count)
         if completion in (Completion.CANCEL_REQUESTED, Completion.GONE):
-            return await self._cancelled(job, [(result_bucket, result_key)])
+            uploaded = [(output["bucket"], output["key"]) for output in result.outputs]
+            return await self._cancelled(job, uploaded)
         if completion is Completion.LOST:
             log.warning("lost the claim before completing: another worker owns the job")
             return Outcome(Action.DELETE)
         self.metrics.jobs.labels("completed").inc()
+        self.metrics.recipe_jobs.labels(
+            model, _yes(recipe.matting), _yes(attempts.uses_fallback(recipe, model))
+        ).inc()
         self.metrics.job_seconds.observe(time.perf_counter() - started)
         if sent_at is not None:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - sent_at))
-        log.info("job completed", result=f"s3://{result_bucket}/{result_key}")
+        log.info("job completed", result=f"s3://{result.bucket}/{result.key}", model=model)
         return Outcome(Action.DELETE)
 
-    async def _stages(self, job: Job, progress: _Progress) -> tuple[str, str]:
+    async def _stages(self, job: Job, recipe: Recipe, model: str, progress: _Progress) -> _Result:
         settings = self.settings
         loop = asyncio.get_running_loop()
         with self._stage(progress, "download"), self._tracking("s3"):
@@ -184,29 +208,81 @@ class JobProcessor:
             decoded = await loop.run_in_executor(
                 self.cpu_pool,
                 lambda: imaging.decode(
-                    data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                    data,
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
+                    max_side=settings.max_image_side,
                 ),
             )
         log.debug("decoded", source_format=decoded.source_format, size=decoded.rgb.size)
-        with self._stage(progress, "preprocess"):
-            model_input = await loop.run_in_executor(self.cpu_pool, self.model.prepare, decoded.rgb)
-        with self._stage(progress, "inference"):
-            output, model_seconds = await self.model.infer(model_input)
-        del model_input
+        progress.stage = "inference"  # a model's first load counts as part of its first run
+        async with self.models.use(model) as runner:
+            with self._stage(progress, "preprocess"):
+                model_input = await loop.run_in_executor(self.cpu_pool, runner.prepare, decoded.rgb)
+            with self._stage(progress, "inference"):
+                output, model_seconds = await runner.infer(model_input)
+            del model_input
         self.metrics.inference_seconds.observe(model_seconds)
         with self._stage(progress, "encode"):
-            png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
-        result_bucket, result_key = self._result_location(job)
+            try:
+                # Today's job exactly for a row without a recipe, unless DEFAULT_RECIPE is set.
+                gated = job.recipe is not None or settings.default_recipe_set
+                composed = await loop.run_in_executor(
+                    self.cpu_pool, self._compose, decoded, output, recipe, model, gated
+                )
+            except NoSubject as exc:
+                failure = attempts.gate_failure(recipe, model, exc.reason)
+                nxt = "failed" if failure.failure.permanent else "fallback"
+                self.metrics.quality_gate_failures.labels(model, nxt).inc()
+                raise failure from None
+        del decoded, output
+        return await self._upload(job, recipe, composed, progress)
+
+    def _compose(
+        self,
+        decoded: imaging.DecodedImage,
+        output: Any,
+        recipe: Recipe,
+        model: str,
+        gated: bool,
+    ) -> Composed:
+        """CPU stage: the mask from the model's output, the quality gate, the recipe's images."""
+        mask = ModelRunner.mask_from_output(output, decoded.rgb.size)
+        if gated:
+            check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
+        return compose(decoded, mask, recipe, png_compress_level=self.settings.png_compress_level)
+
+    async def _upload(
+        self, job: Job, recipe: Recipe, composed: Composed, progress: _Progress
+    ) -> _Result:
+        bucket = self.settings.result_bucket or job.source_bucket
+        job_prefix = f"{self.settings.result_prefix}{job.id}"
+        records: list[dict[str, Any]] = []
         await self.cancellation.check(job.id)
         with self._stage(progress, "upload"), self._tracking("s3"):
-            await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
-        self.metrics.bytes_processed.labels("out").inc(len(png))
-        return result_bucket, result_key
+            for item in composed.outputs:
+                key = item.key(job_prefix)
+                await s3_objects.upload(
+                    self.s3,
+                    bucket,
+                    key,
+                    item.data,
+                    job_id=str(job.id),
+                    content_type=item.content_type,
+                )
+                self.metrics.bytes_processed.labels("out").inc(len(item.data))
+                records.append(item.record(bucket, key))
+        background = recipe.background if recipe.background in ("transparent", "auto") else "colour"
+        self.metrics.recipe_outputs.labels(recipe.format, background).inc()
+        self.metrics.thumbnails.inc(len(records) - 1)
+        return _Result(bucket, records[0]["key"], records, composed.background_used)
 
-    def _result_location(self, job: Job) -> tuple[str, str]:
-        return self.settings.result_bucket or job.source_bucket, (
-            f"{self.settings.result_prefix}{job.id}.png"
-        )
+    def _result_locations(self, job: Job) -> list[tuple[str, str]]:
+        """Every object this job's recipe writes, recorded or not."""
+        bucket = self.settings.result_bucket or job.source_bucket
+        recipe = job.recipe or self.settings.default_recipe
+        job_prefix = f"{self.settings.result_prefix}{job.id}"
+        return [(bucket, key) for key in output_keys(recipe, job_prefix)]
 
     @contextmanager
     def _stage(self, progress: _Progress, stage: str) -> Iterator[None]:
@@ -226,12 +302,6 @@ class JobProcessor:
             "job_timeout",
             f"{stage}: timed out, the job took longer than JOB_TIMEOUT_SECONDS={limit:g}",
         )
-
-    def _encode_cut_out(self, decoded: imaging.DecodedImage, output: Any) -> bytes:
-        """CPU stage: the mask from the model's output, the cut-out, and its PNG."""
-        mask = self.model.mask_from_output(output, decoded.rgb.size)
-        cutout = imaging.cut_out(decoded, mask)
-        return imaging.encode_png(cutout, compress_level=self.settings.png_compress_level)
 
     @contextmanager
     def _tracking(self, dependency: str) -> Iterator[None]:
@@ -292,3 +362,7 @@ class JobProcessor:
             self.settings.backoff_base_seconds * 2 ** max(0, receive_count - 1),
         )
         return int(random.uniform(ceiling / 2, ceiling) + 0.5)  # noqa: S311 - jitter, not crypto
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -39,10 +39,18 @@ async def download(s3: S3Client, bucket: str, key: str, *, max_bytes: int) -> by
         raise transient("s3_unreachable", f"download s3://{bucket}/{key}: {exc}") from exc
 
 
-async def upload(s3: S3Client, bucket: str, key: str, data: bytes, *, job_id: str) -> None:
+async def upload(
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    data: bytes,
+    *,
+    job_id: str,
+    content_type: str = "image/png",
+) -> None:
     try:
         await s3.put_object(
-            Bucket=bucket, Key=key, Body=data, ContentType="image/png", Metadata={"job-id": job_id}
+            Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata={"job-id": job_id}
         )
     except ClientError as exc:
         code = error_code(exc)

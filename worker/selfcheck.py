@@ -125,7 +125,10 @@ async def check_model(settings: Settings) -> str:
     from worker.inference import ModelRunner
 
     loop = asyncio.get_running_loop()
-    model = await loop.run_in_executor(None, ModelRunner.load, settings)
+    custom_file = dict(settings.custom_models).get(settings.model_name)
+    model = await loop.run_in_executor(
+        None, lambda: ModelRunner.load(settings, custom_file=custom_file)
+    )
     try:
         image = Image.new("RGB", (64, 48), (230, 230, 230))
         ImageDraw.Draw(image).ellipse((16, 8, 48, 40), fill=(40, 90, 160))

@@ -5,6 +5,7 @@ once."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobcore.recipe import MODEL_NAME as MODEL_NAME_PATTERN
+from jobcore.recipe import Recipe, RecipeError
 from worker.completion_hook import hook_name_problem
 
 EXECUTION_PROVIDERS = ("auto", "cuda", "cpu")
@@ -64,6 +67,13 @@ class Settings:
     log_format: str
     log_level: str
     queue_stats_interval_seconds: float
+    # Recipes (docs: README "Recipes"). `model_name` is the default recipe's model.
+    default_recipe: Recipe
+    default_recipe_set: bool  # DEFAULT_RECIPE given: rows without a recipe get the quality gate
+    max_image_side: int
+    max_loaded_models: int
+    preload_models: tuple[str, ...]
+    custom_models: tuple[tuple[str, Path], ...]
     db_auth_failure_limit: int = 3
     completion_hook: str | None = None  # a PostgreSQL function run in the completing transaction
     events_topic_arn: str | None = None  # SNS topic for job-finished events; None: no events
@@ -86,6 +96,23 @@ class Settings:
                 f"MODEL_RUN_MAX_SECONDS={model_run_max:g} must be longer than "
                 f"JOB_TIMEOUT_SECONDS={job_timeout:g}"
             )
+        default_recipe = reader.recipe("DEFAULT_RECIPE", "MODEL_NAME")
+        batch_size = reader.integer("BATCH_SIZE", 1, low=1, high=64)
+        max_loaded = reader.integer("MAX_LOADED_MODELS", 2, low=1, high=32)
+        preload = reader.names("PRELOAD_MODELS", (default_recipe.model,))
+        # With BATCH_SIZE > 1 the default model is preloaded (and pinned) in any case.
+        preloaded = set(preload) | ({default_recipe.model} if batch_size > 1 else set())
+        if len(preloaded) > max_loaded:
+            reader.problems.append(
+                f"PRELOAD_MODELS needs {len(preloaded)} models loaded, over "
+                f"MAX_LOADED_MODELS={max_loaded}"
+            )
+        if batch_size > 1 and max_loaded < 2:
+            # The batched default model stays loaded; another model needs a second place.
+            reader.problems.append(
+                f"BATCH_SIZE={batch_size} keeps the default model loaded: MAX_LOADED_MODELS "
+                "must be at least 2"
+            )
         settings = cls(
             database_url=reader.required("DATABASE_URL", prefix=("postgres://", "postgresql://")),
             queue_url=reader.required("SQS_QUEUE_URL", prefix=("http://", "https://")),
@@ -97,13 +124,13 @@ class Settings:
             concurrency=concurrency,
             inference_threads=reader.integer("INFERENCE_THREADS", 2, low=1, high=64),
             cpu_threads=reader.integer("CPU_THREADS", max(2, os.cpu_count() or 2), low=1, high=256),
-            model_name=reader.text("MODEL_NAME", "u2netp"),
+            model_name=default_recipe.model,
             model_home=Path(reader.text("U2NET_HOME", str(Path.home() / ".u2net"))).expanduser(),
             execution_provider=reader.choice("EXECUTION_PROVIDER", "auto", EXECUTION_PROVIDERS),
             require_gpu=reader.boolean("REQUIRE_GPU", False),
             ort_intra_op_threads=reader.integer("ORT_INTRA_OP_THREADS", 0, low=0, high=256),
             ort_allow_spinning=reader.boolean("ORT_ALLOW_SPINNING", False),
-            batch_size=reader.integer("BATCH_SIZE", 1, low=1, high=64),
+            batch_size=batch_size,
             batch_wait_seconds=reader.number("BATCH_WAIT_MS", 5.0, low=0.0, high=1000) / 1000,
             png_compress_level=reader.integer("PNG_COMPRESS_LEVEL", 1, low=0, high=9),
             max_image_bytes=reader.integer("MAX_IMAGE_BYTES", 50 * 1024 * 1024, low=1),
@@ -129,6 +156,12 @@ class Settings:
             db_auth_failure_limit=reader.integer("DB_AUTH_FAILURE_LIMIT", 3, low=1, high=1000),
             completion_hook=reader.completion_hook("COMPLETION_HOOK"),
             events_topic_arn=reader.optional("EVENTS_TOPIC_ARN", prefix=("arn:",)),
+            default_recipe=default_recipe,
+            default_recipe_set=reader.is_set("DEFAULT_RECIPE"),
+            max_image_side=reader.integer("MAX_IMAGE_SIDE", 4096, low=16, high=65535),
+            max_loaded_models=max_loaded,
+            preload_models=preload,
+            custom_models=reader.custom_models("CUSTOM_MODELS"),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -172,8 +205,64 @@ class _Reader:
             return None
         return value
 
+    def is_set(self, name: str) -> bool:
+        return self._raw(name) is not None
+
     def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
+
+    def recipe(self, name: str, model_variable: str) -> Recipe:
+        """The recipe for rows without one. Without DEFAULT_RECIPE it is `Recipe(model=MODEL_NAME)`;
+        a DEFAULT_RECIPE without a `model` key takes MODEL_NAME; with both set they must agree."""
+        model = self._raw(model_variable)
+        if model is not None and not MODEL_NAME_PATTERN.match(model):
+            self.problems.append(f"{model_variable}={model!r} is not a model name")
+            model = None
+        raw = self._raw(name)
+        if raw is None:
+            return Recipe(model=model or "u2netp")
+        try:
+            data = json.loads(raw)
+            if isinstance(data, dict) and "model" not in data and model is not None:
+                data = {**data, "model": model}
+            recipe = Recipe.from_json(data)
+        except (json.JSONDecodeError, RecipeError, TypeError) as exc:
+            self.problems.append(f"{name} is not a valid recipe: {exc}")
+            return Recipe(model=model or "u2netp")
+        if model is not None and recipe.model != model:
+            self.problems.append(
+                f"{name} has model {recipe.model!r} but {model_variable}={model!r}: "
+                f"set one of them, or the same model in both"
+            )
+        return recipe
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+        for item in names:
+            if not MODEL_NAME_PATTERN.match(item):
+                self.problems.append(f"{name}: {item!r} is not a model name")
+                return default
+        return names
+
+    def custom_models(self, name: str) -> tuple[tuple[str, Path], ...]:
+        """`name=/path/model.onnx,...`: ONNX files run as u2net-family models."""
+        raw = self._raw(name)
+        if raw is None:
+            return ()
+        found: dict[str, Path] = {}
+        for part in (p.strip() for p in raw.split(",")):
+            model, sep, path = part.partition("=")
+            model, path = model.strip(), path.strip()
+            if not sep or not MODEL_NAME_PATTERN.match(model) or not path:
+                self.problems.append(f"{name}: {part!r} is not name=/path/model.onnx")
+                continue
+            if model in found:
+                self.problems.append(f"{name}: {model!r} is named twice")
+            found[model] = Path(path).expanduser()
+        return tuple(found.items())
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = (self._raw(name) or default).lower()
