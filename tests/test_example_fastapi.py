@@ -359,7 +359,7 @@ def assert_attached(images: list[dict[str, Any]], job: dict[str, Any]) -> None:
     assert (photo["key"], photo["position"], photo["is_primary"]) == ("books/b1/1.jpg", 1, False)
 
 
-@pytest.mark.xfail(strict=False, reason="JobClient.listen() (producer) and Job.outputs (recipes)")
+@pytest.mark.xfail(strict=False, reason="JobClient.listen() (producer)")
 async def test_the_listener_attaches_the_cut_out_as_the_new_primary_image(
     database_url: str, aws: Aws, db: asyncpg.Pool, start_worker: StartWorker, launch_app: LaunchApp
 ) -> None:
