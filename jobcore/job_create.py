@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus
+from jobcore.s3_names import check_location
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
@@ -86,6 +87,7 @@ class JobSpec:
     delay_seconds: int = 0
 
     def __post_init__(self) -> None:
+        check_location(self.source_bucket, self.source_key)
         if self.idempotency_key is not None and not (
             0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
         ):

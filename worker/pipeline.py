@@ -161,7 +161,11 @@ class JobProcessor:
         loop = asyncio.get_running_loop()
         with self._stage(progress, "download"), self._tracking("s3"):
             data = await s3_objects.download(
-                self.s3, job.source_bucket, job.source_key, max_bytes=settings.max_image_bytes
+                self.s3,
+                job.source_bucket,
+                job.source_key,
+                max_bytes=settings.max_image_bytes,
+                allowed_buckets=settings.source_buckets,
             )
         self.metrics.bytes_processed.labels("in").inc(len(data))
         with self._stage(progress, "decode"):

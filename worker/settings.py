@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobcore.s3_names import bucket_problem
+
 EXECUTION_PROVIDERS = ("auto", "cuda", "cpu")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -62,6 +64,7 @@ class Settings:
     log_format: str
     log_level: str
     queue_stats_interval_seconds: float
+    source_buckets: frozenset[str]  # empty: any bucket a job names
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,10 +124,20 @@ class Settings:
             queue_stats_interval_seconds=reader.number(
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
+            source_buckets=_source_buckets(reader),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
         return settings
+
+
+def _source_buckets(reader: _Reader) -> frozenset[str]:
+    """SOURCE_BUCKETS: a comma-separated allowlist of the buckets jobs may read from."""
+    names = frozenset(n.strip() for n in reader.text("SOURCE_BUCKETS", "").split(",") if n.strip())
+    for name in sorted(names):
+        if (problem := bucket_problem(name)) is not None:
+            reader.problems.append(f"SOURCE_BUCKETS: {problem}")
+    return names
 
 
 class _Reader:
