@@ -4,7 +4,6 @@ model, database pool, AWS clients) and closes it in reverse. Whoever opens a res
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import aioboto3
@@ -12,6 +11,7 @@ import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
 
+from worker.admission import MIB, MemoryAdmission, default_budget_bytes
 from worker.consumer import Consumer
 from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
@@ -21,7 +21,7 @@ from worker.pipeline import JobProcessor
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
 from worker.supervisor import Supervisor
-from worker.watchdog import StuckRunCheck
+from worker.watchdog import StuckRunCheck, TimedThreadPool
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,13 @@ def aws_config(settings: Settings) -> AioConfig:
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=max(10, settings.concurrency * 2),
     )
+
+
+def memory_budget_bytes(settings: Settings) -> int | None:
+    """MEMORY_BUDGET_MB; unset: from the cgroup limit less what the process holds; 0: none."""
+    if settings.memory_budget_mb is None:
+        return default_budget_bytes()
+    return settings.memory_budget_mb * MIB or None
 
 
 class WorkerApp:
@@ -63,7 +70,7 @@ class WorkerApp:
             # The model first: it needs no network (the weights are local), and a missing GPU or
             # corrupt weights refuse the start before any connection is opened.
             cpu_pool = stack.enter_context(
-                ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
+                TimedThreadPool(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
             model = await asyncio.get_running_loop().run_in_executor(
                 cpu_pool, ModelRunner.load, settings, self.metrics
@@ -82,6 +89,24 @@ class WorkerApp:
             )
             self.metrics.stuck_model_runs.set_function(stuck_runs.stuck)
             self.health.checks.append(stuck_runs.problem)
+            stuck_cpu = StuckRunCheck(
+                cpu_pool,
+                settings.job_timeout_seconds,
+                settings.model_run_max_seconds,
+                capacity=settings.cpu_threads,
+                what="CPU-pool call",
+            )
+            self.metrics.stuck_cpu_work.set_function(stuck_cpu.stuck)
+            self.health.checks.append(stuck_cpu.problem)
+            # Measured now, with the models loaded: the budget is what is left of the limit.
+            memory = MemoryAdmission(memory_budget_bytes(settings))
+            self.metrics.memory_budget.set(memory.budget or 0)
+            self.metrics.memory_reserved.set_function(lambda: memory.reserved)
+            self.metrics.memory_waiting.set_function(lambda: memory.waiting)
+            log.info(
+                "memory admission",
+                budget_mib=None if memory.budget is None else memory.budget // MIB,
+            )
             pool = await asyncpg.create_pool(
                 settings.database_url,
                 min_size=1,
@@ -109,7 +134,9 @@ class WorkerApp:
             if model.batcher is not None:
                 supervisor.start("micro_batcher", model.batcher.run)
 
-            processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
+            processor = JobProcessor(
+                settings, store, s3, model, cpu_pool, self.metrics, memory=memory
+            )
             consumer = Consumer(
                 settings,
                 sqs,

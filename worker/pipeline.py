@@ -20,7 +20,8 @@ import asyncpg
 import structlog
 
 from jobcore.jobs import Job
-from worker import imaging, s3_objects
+from worker import admission, imaging, s3_objects
+from worker.admission import MemoryAdmission
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
 from worker.job_table import ClaimOutcome, JobStore
@@ -62,6 +63,7 @@ class JobProcessor:
         model: ModelRunner,
         cpu_pool: Executor,
         metrics: WorkerMetrics,
+        memory: MemoryAdmission | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -69,6 +71,7 @@ class JobProcessor:
         self.model = model
         self.cpu_pool = cpu_pool
         self.metrics = metrics
+        self.admission = memory or MemoryAdmission(None)
 
     async def process(
         self, job_id: uuid.UUID, receive_count: int, sent_at: float | None, deadline: float
@@ -168,26 +171,35 @@ class JobProcessor:
                 allowed_buckets=settings.source_buckets,
             )
         self.metrics.bytes_processed.labels("in").inc(len(data))
-        with self._stage(progress, "decode"):
-            decoded = await loop.run_in_executor(
-                self.cpu_pool,
-                lambda: imaging.decode(
-                    data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-                ),
-            )
-        log.debug("decoded", source_format=decoded.source_format, size=decoded.rgb.size)
-        with self._stage(progress, "preprocess"):
-            model_input = await loop.run_in_executor(self.cpu_pool, self.model.prepare, decoded.rgb)
-        with self._stage(progress, "inference"):
-            output, model_seconds = await self.model.infer(model_input)
-        del model_input
-        self.metrics.inference_seconds.observe(model_seconds)
-        with self._stage(progress, "encode"):
-            png = await loop.run_in_executor(self.cpu_pool, self._encode_cut_out, decoded, output)
-        result_bucket = settings.result_bucket or job.source_bucket
-        result_key = f"{settings.result_prefix}{job.id}.png"
-        with self._stage(progress, "upload"), self._tracking("s3"):
-            await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
+        need = await loop.run_in_executor(self.cpu_pool, admission.estimate_bytes, data)
+        progress.stage = "admission"  # waiting for memory: bounded by the job deadline
+        async with self.admission.reserve(need):
+            with self._stage(progress, "decode"):
+                decoded = await loop.run_in_executor(
+                    self.cpu_pool,
+                    lambda: imaging.decode(
+                        data,
+                        max_bytes=settings.max_image_bytes,
+                        max_pixels=settings.max_image_pixels,
+                    ),
+                )
+            log.debug("decoded", source_format=decoded.source_format, size=decoded.rgb.size)
+            with self._stage(progress, "preprocess"):
+                model_input = await loop.run_in_executor(
+                    self.cpu_pool, self.model.prepare, decoded.rgb
+                )
+            with self._stage(progress, "inference"):
+                output, model_seconds = await self.model.infer(model_input)
+            del model_input
+            self.metrics.inference_seconds.observe(model_seconds)
+            with self._stage(progress, "encode"):
+                png = await loop.run_in_executor(
+                    self.cpu_pool, self._encode_cut_out, decoded, output
+                )
+            result_bucket = settings.result_bucket or job.source_bucket
+            result_key = f"{settings.result_prefix}{job.id}.png"
+            with self._stage(progress, "upload"), self._tracking("s3"):
+                await s3_objects.upload(self.s3, result_bucket, result_key, png, job_id=str(job.id))
         self.metrics.bytes_processed.labels("out").inc(len(png))
         return result_bucket, result_key
 

@@ -65,6 +65,7 @@ class Settings:
     log_level: str
     queue_stats_interval_seconds: float
     source_buckets: frozenset[str]  # empty: any bucket a job names
+    memory_budget_mb: int | None  # None: from the cgroup limit; 0: no admission limit
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +126,11 @@ class Settings:
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
             source_buckets=_source_buckets(reader),
+            memory_budget_mb=(
+                None
+                if reader.optional("MEMORY_BUDGET_MB") is None
+                else reader.integer("MEMORY_BUDGET_MB", 0, low=0, high=16 * 1024 * 1024)
+            ),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
