@@ -46,7 +46,10 @@ locals {
     for name in sort(keys(local.database_json_keys)) :
     { name = name, valueFrom = "${local.database_url_secret_arn}:${local.database_json_keys[name]}::" }
   ] : [{ name = "DATABASE_URL", valueFrom = local.database_url_secret_arn }]
+  # TLS with the server's certificate and host name checked against the RDS CA bundle the image
+  # ships (asyncpg reads sslmode/sslrootcert from the URL; docs/deploy.md).
+  database_tls = "sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem"
   database_environment = local.database_json ? {
-    DATABASE_URL = var.database_host == null ? "postgresql://" : "postgresql://${var.database_host}:${var.database_port}/${var.database_name}"
+    DATABASE_URL = var.database_host == null ? "postgresql://?${local.database_tls}" : "postgresql://${var.database_host}:${var.database_port}/${var.database_name}?${local.database_tls}"
   } : {}
 }

@@ -400,7 +400,7 @@ def test_database_secret_is_a_url_or_an_rds_managed_json_secret(module: Module) 
     # ... and those are the variables asyncpg fills a credential-less DATABASE_URL from.
     assert set(keys) <= asyncpg_environment_names(), asyncpg_environment_names()
     environment = locals_["database_environment"]
-    assert '"postgresql://"' in environment, "the settings need a postgresql:// URL"
+    assert '"postgresql://?${local.database_tls}"' in environment, "a postgresql:// URL, TLS on"
     assert "password" not in environment.lower()
     assert module.variables["database_secret_format"]["default"] == "url"
     task = module.resource("aws_ecs_task_definition", "worker")

@@ -7,12 +7,12 @@ import asyncio
 from contextlib import AsyncExitStack
 
 import aioboto3
-import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
 
 from worker.admission import MIB, MemoryAdmission, default_budget_bytes
 from worker.consumer import Consumer
+from worker.db_pool import open_pool
 from worker.health import HealthServer, HealthState
 from worker.inference import ModelRunner
 from worker.job_table import JobStore
@@ -107,13 +107,7 @@ class WorkerApp:
                 "memory admission",
                 budget_mib=None if memory.budget is None else memory.budget // MIB,
             )
-            pool = await asyncpg.create_pool(
-                settings.database_url,
-                min_size=1,
-                max_size=settings.db_pool_size,
-                command_timeout=30,
-                max_inactive_connection_lifetime=300,
-            )
+            pool = await open_pool(settings)
             stack.push_async_callback(pool.close)
             store = JobStore(pool, settings.worker_id)
             self.health.database_ping = store.ping

@@ -1,0 +1,19 @@
+"""The worker's database pool. TLS comes from DATABASE_URL (or PGSSLMODE/PGSSLROOTCERT):
+`?sslmode=verify-full&sslrootcert=<CA bundle>` checks the server's certificate and host name;
+the module's `rds_json` URLs carry both (docs/deploy.md)."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from worker.settings import Settings
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        command_timeout=30,
+        max_inactive_connection_lifetime=300,
+    )
