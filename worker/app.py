@@ -56,6 +56,7 @@ class WorkerApp:
         self.port: int | None = None
         self.provider: str | None = None
         self.model: ModelRunner | None = None
+        self.cpu_pool: TimedThreadPool | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -72,6 +73,7 @@ class WorkerApp:
             cpu_pool = stack.enter_context(
                 TimedThreadPool(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
+            self.cpu_pool = cpu_pool
             model = await asyncio.get_running_loop().run_in_executor(
                 cpu_pool, ModelRunner.load, settings, self.metrics
             )
