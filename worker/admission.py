@@ -31,9 +31,10 @@ MODE_BYTES = {
     "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
 }  # fmt: skip
 # What a job holds per pixel beside its decoded source, at its peak: the 8-bit RGB copy the model
-# reads, the white backdrop or alpha of a transparent source, then the RGBA cut-out, its mask and
-# the encoded output (measured per mode at 64 MP: docs/performance.md).
-WORKING_BYTES_PER_PIXEL = 10
+# reads, the alpha of a transparent source, then the RGBA cut-out, its mask and the encoded
+# output. Measured at 64 MP through the worker: 2.0 (RGB JPEG) to 5.1 (float TIFF) bytes per
+# pixel above the source's own (docs/performance.md, "Memory at 64 MP"); 6 keeps a margin.
+WORKING_BYTES_PER_PIXEL = 6
 # Kept free for what admission does not count: the model's own run, buffers of the S3 clients,
 # the allocator's slack.
 HEADROOM_BYTES = 256 * MIB
