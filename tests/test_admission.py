@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from worker.admission import MIB, WORKING_BYTES_PER_PIXEL, MemoryAdmission, estimate_bytes
+from worker.admission import (
+    MIB,
+    WORKING_BYTES_PER_PIXEL,
+    MemoryAdmission,
+    cgroup_limit_bytes,
+    estimate_bytes,
+)
+from worker.app import memory_budget_bytes
+from worker.settings import Settings, SettingsError
 
 
 def _encoded(image: Image.Image, fmt: str) -> bytes:
@@ -111,3 +120,38 @@ async def test_no_budget_admits_everything_at_once() -> None:
     admission = MemoryAdmission(None)
     async with admission.reserve(10**12), admission.reserve(10**12):
         assert admission.running == 2
+
+
+def test_memory_budget_setting() -> None:
+    base = {"DATABASE_URL": "postgresql://x/y", "SQS_QUEUE_URL": "http://q"}
+    assert Settings.from_env(base).memory_budget_mb is None
+    assert memory_budget_bytes(Settings.from_env({**base, "MEMORY_BUDGET_MB": "0"})) is None
+    assert memory_budget_bytes(Settings.from_env({**base, "MEMORY_BUDGET_MB": "3000"})) == (
+        3000 * MIB
+    )
+    default = memory_budget_bytes(Settings.from_env(base))
+    assert default is not None
+    with pytest.raises(SettingsError, match="MEMORY_BUDGET_MB='lots' is not an integer"):
+        Settings.from_env({**base, "MEMORY_BUDGET_MB": "lots"})
+    with pytest.raises(SettingsError, match="MEMORY_BUDGET_MB=-5 is out of range"):
+        Settings.from_env({**base, "MEMORY_BUDGET_MB": "-5"})
+
+
+def _cgroups(tmp_path: Path, membership: str, files: dict[str, str]) -> int | None:
+    tmp_path.mkdir()
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "cgroup").write_text(membership)
+    return cgroup_limit_bytes(tmp_path, tmp_path / "cgroup")
+
+
+def test_cgroup_limit_v2_then_v1(tmp_path: Path) -> None:
+    four_gib = str(4 << 30)
+    assert _cgroups(tmp_path / "a", "0::/task\n", {"task/memory.max": four_gib}) == 4 << 30
+    assert _cgroups(tmp_path / "b", "0::/task\n", {"task/memory.max": "max"}) is None
+    v1 = {"memory/ecs/task/memory.limit_in_bytes": four_gib}
+    assert _cgroups(tmp_path / "c", "4:memory:/ecs/task\n0::/\n", v1) == 4 << 30
+    unlimited = {"memory/memory.limit_in_bytes": "9223372036854771712"}
+    assert _cgroups(tmp_path / "d", "4:memory:/\n", unlimited) is None
+    assert _cgroups(tmp_path / "e", "", {}) is None

@@ -40,8 +40,7 @@ WORKING_BYTES_PER_PIXEL = 6
 HEADROOM_BYTES = 256 * MIB
 # Without a cgroup limit (a developer's machine): this share of physical memory.
 UNLIMITED_SHARE = 0.5
-CGROUP_V2_MAX = Path("/sys/fs/cgroup/memory.max")
-CGROUP_V1_ROOT = Path("/sys/fs/cgroup/memory")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_V1_UNLIMITED = 1 << 60  # v1 reports "no limit" as a huge page-aligned number
 
 
@@ -74,20 +73,22 @@ def estimate_bytes(data: bytes) -> int:
     return len(data) + pixels * (MODE_BYTES.get(header.mode, 4) + WORKING_BYTES_PER_PIXEL)
 
 
-def cgroup_limit_bytes() -> int | None:
+def cgroup_limit_bytes(
+    root: Path = CGROUP_ROOT, membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
     """This process's memory limit from its cgroup (v2 memory.max, else v1
     memory.limit_in_bytes), or None when there is none."""
-    candidates = [CGROUP_V2_MAX]
+    candidates = [root / "memory.max"]
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
+        for line in membership.read_text().splitlines():
             _, controllers, group = line.split(":", 2)
             if controllers == "":
-                candidates.insert(0, Path("/sys/fs/cgroup") / group.lstrip("/") / "memory.max")
+                candidates.insert(0, root / group.lstrip("/") / "memory.max")
             elif "memory" in controllers.split(","):
-                candidates.append(CGROUP_V1_ROOT / group.lstrip("/") / "memory.limit_in_bytes")
+                candidates.append(root / "memory" / group.lstrip("/") / "memory.limit_in_bytes")
     except (OSError, ValueError):
         pass
-    candidates.append(CGROUP_V1_ROOT / "memory.limit_in_bytes")
+    candidates.append(root / "memory" / "memory.limit_in_bytes")
     for path in candidates:
         try:
             raw = path.read_text().strip()
