@@ -25,6 +25,7 @@ from typing import Any
 
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus
 from jobcore.recipe import Recipe
+from jobcore.s3_names import check_location
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
@@ -90,6 +91,7 @@ class JobSpec:
     recipe: Recipe | None = None
 
     def __post_init__(self) -> None:
+        check_location(self.source_bucket, self.source_key)
         if self.idempotency_key is not None and not (
             0 < len(self.idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS
         ):

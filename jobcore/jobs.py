@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,21 +118,67 @@ def _json_column(value: Any) -> Any:
 
 
 class MalformedMessage(ValueError):
-    """The message body is not a job pointer; there is no row to fail."""
+    """The message body is not a job pointer; there is no row to fail. The text is bounded: it
+    quotes at most an excerpt of the body, whatever the body's size."""
+
+
+# The module's queues keep aws_sqs_queue's default size limit; SQS refuses larger messages, so a
+# larger body did not come through our queue as sent: refused before parsing.
+MAX_BODY_BYTES = 262_144
+# A job message is one flat object: anything nested deeper is refused before parsing (json.loads
+# recurses once per level and raises RecursionError near 1,000).
+MAX_BODY_DEPTH = 4
+# The longest form uuid.UUID accepts ("urn:uuid:" + 32 hex digits with braces and hyphens).
+MAX_JOB_ID_CHARS = 45
+EXCERPT_CHARS = 80
+_DEPTH_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[{]|[\]}]')
 
 
 def encode_message(job_id: uuid.UUID) -> str:
     return json.dumps({"job_id": str(job_id), "v": MESSAGE_VERSION})
 
 
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` quoted, cut to `limit` characters, with its full length when cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def decode_message(body: str) -> uuid.UUID:
+    """The job id of a message body; MalformedMessage for anything else, whatever its size or
+    nesting."""
+    size = len(body.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise MalformedMessage(f"body is {size} bytes, over the SQS limit of {MAX_BODY_BYTES}")
+    if (depth := _nesting(body)) > MAX_BODY_DEPTH:
+        raise MalformedMessage(f"body nests {depth} levels deep, over {MAX_BODY_DEPTH}")
     try:
-        payload = json.loads(body)
+        # Numbers stay text: int() of a 5,000-digit number raises ValueError (and costs CPU).
+        payload = json.loads(body, parse_int=str, parse_float=str, parse_constant=str)
     except json.JSONDecodeError as exc:
-        raise MalformedMessage(f"body is not JSON: {exc.msg}") from exc
+        raise MalformedMessage(f"body is not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"body is not valid JSON: {type(exc).__name__}") from None
     if not isinstance(payload, dict) or "job_id" not in payload:
         raise MalformedMessage('body has no "job_id"')
+    job_id = payload["job_id"]
+    if not isinstance(job_id, str) or len(job_id) > MAX_JOB_ID_CHARS:
+        raise MalformedMessage(f"job_id {excerpt(str(job_id))} is not a UUID")
     try:
-        return uuid.UUID(str(payload["job_id"]))
-    except ValueError as exc:
-        raise MalformedMessage(f"job_id {payload['job_id']!r} is not a UUID") from exc
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise MalformedMessage(f"job_id {excerpt(job_id)} is not a UUID") from None
+
+
+def _nesting(body: str) -> int:
+    """How deep brackets nest outside strings; counted without parsing, in linear time."""
+    depth = deepest = 0
+    for match in _DEPTH_TOKENS.finditer(body):
+        bracket = match.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return deepest

@@ -21,7 +21,7 @@ BAD_INPUTS: dict[str, tuple[bytes | None, str]] = {
     "page.jpg": (b"<!doctype html><html><body>404</body></html>", "not a supported image"),
     "noise.bin": (bytes(range(256)) * 40, "not a supported image"),
     "truncated.jpg": (images.truncated_jpeg(), "cannot be decoded"),
-    "bomb.png": (images.png_header_claiming(40000, 40000), "40000x40000"),
+    "bomb.png": (images.png_header_claiming(40000, 40000), "over MAX_IMAGE_PIXELS=64000000"),
     "never-uploaded.jpg": (None, "does not exist"),
 }
 

@@ -88,7 +88,8 @@ def module() -> Module:
 def worker_settings_names() -> set[str]:
     """Environment names read by worker/settings.py (`reader.<kind>("NAME"` calls)."""
     source = (REPO / "worker" / "settings.py").read_text()
-    names = set(re.findall(r"reader\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+    calls = re.findall(r"reader\.\w+\(([^)]*)\)", source)
+    names = {name for args in calls for name in re.findall(r"\"([A-Z][A-Z0-9_]*)\"", args)}
     assert {"SQS_QUEUE_URL", "DATABASE_URL", "MAX_ATTEMPTS"} <= names, names
     return names
 

@@ -4,18 +4,18 @@ model, database pool, AWS clients) and closes it in reverse. Whoever opens a res
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import aioboto3
-import asyncpg
 import structlog
 from aiobotocore.config import AioConfig
 
 from jobcore.event_outbox import EventPublisher
+from worker.admission import MIB, MemoryAdmission, default_budget_bytes
 from worker.completion_hook import check_completion_hook
 from worker.consumer import Consumer
 from worker.db_auth import AuthFailureWatch
+from worker.db_pool import open_pool
 from worker.events import WorkerEvents
 from worker.health import HealthServer, HealthState
 from worker.job_table import JobStore
@@ -25,7 +25,7 @@ from worker.pipeline import JobProcessor
 from worker.queue_stats import QueueStatsPoller
 from worker.settings import Settings
 from worker.supervisor import Supervisor
-from worker.watchdog import StuckRunCheck
+from worker.watchdog import StuckRunCheck, TimedThreadPool
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,13 @@ def aws_config(settings: Settings) -> AioConfig:
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=max(10, settings.concurrency * 2),
     )
+
+
+def memory_budget_bytes(settings: Settings) -> int | None:
+    """MEMORY_BUDGET_MB; unset: from the cgroup limit less what the process holds; 0: none."""
+    if settings.memory_budget_mb is None:
+        return default_budget_bytes()
+    return settings.memory_budget_mb * MIB or None
 
 
 class WorkerApp:
@@ -53,6 +60,7 @@ class WorkerApp:
         self.port: int | None = None
         self.provider: str | None = None
         self.model: ModelRegistry | None = None
+        self.cpu_pool: TimedThreadPool | None = None
 
     async def run(self) -> None:
         settings = self.settings
@@ -67,8 +75,9 @@ class WorkerApp:
             # The model first: it needs no network (the weights are local), and a missing GPU or
             # corrupt weights refuse the start before any connection is opened.
             cpu_pool = stack.enter_context(
-                ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
+                TimedThreadPool(max_workers=settings.cpu_threads, thread_name_prefix="cpu")
             )
+            self.cpu_pool = cpu_pool
             model = ModelRegistry(settings, self.metrics)
             stack.callback(model.close)
             self.model = model
@@ -87,17 +96,28 @@ class WorkerApp:
             )
             self.metrics.stuck_model_runs.set_function(stuck_runs.stuck)
             self.health.checks.append(stuck_runs.problem)
+            stuck_cpu = StuckRunCheck(
+                cpu_pool,
+                settings.job_timeout_seconds,
+                settings.model_run_max_seconds,
+                capacity=settings.cpu_threads,
+                what="CPU-pool call",
+            )
+            self.metrics.stuck_cpu_work.set_function(stuck_cpu.stuck)
+            self.health.checks.append(stuck_cpu.problem)
+            # Measured now, with the models loaded: the budget is what is left of the limit.
+            memory = MemoryAdmission(memory_budget_bytes(settings))
+            self.metrics.memory_budget.set(memory.budget or 0)
+            self.metrics.memory_reserved.set_function(lambda: memory.reserved)
+            self.metrics.memory_waiting.set_function(lambda: memory.waiting)
+            log.info(
+                "memory admission",
+                budget_mib=None if memory.budget is None else memory.budget // MIB,
+            )
             # Past DB_AUTH_FAILURE_LIMIT failed logins in a row (a rotated secret), /healthz fails.
             auth_watch = AuthFailureWatch(settings.db_auth_failure_limit)
             self.health.checks.append(auth_watch.problem)
-            pool = await asyncpg.create_pool(
-                settings.database_url,
-                connect=auth_watch.connect,
-                min_size=1,
-                max_size=settings.db_pool_size,
-                command_timeout=30,
-                max_inactive_connection_lifetime=300,
-            )
+            pool = await open_pool(settings, connect=auth_watch.connect)
             stack.push_async_callback(pool.close)
             if settings.completion_hook is not None:
                 await check_completion_hook(pool, settings.completion_hook)
@@ -129,7 +149,9 @@ class WorkerApp:
             if model.batcher is not None:
                 supervisor.start("micro_batcher", model.batcher.run)
 
-            processor = JobProcessor(settings, store, s3, model, cpu_pool, self.metrics)
+            processor = JobProcessor(
+                settings, store, s3, model, cpu_pool, self.metrics, memory=memory
+            )
             consumer = Consumer(
                 settings,
                 sqs,

@@ -150,7 +150,7 @@ def compose(
 ) -> Composed:
     """The result and thumbnails. A transparent result is built in `decoded.rgb` itself (alpha
     added in place: no copy of the whole image on the default recipe's path)."""
-    icc_profile = decoded.rgb.info.get("icc_profile")
+    icc_profile = decoded.icc_profile  # validated by the decoder: it describes these RGB pixels
     rgb, alpha = decoded.rgb, mask
     if recipe.matting:
         rgb, alpha = _matte(rgb, mask)

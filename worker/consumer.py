@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from jobcore.jobs import MalformedMessage, decode_message
+from jobcore.jobs import MalformedMessage, decode_message, excerpt
 from jobcore.sqs import SQS_BATCH, call_in_batches
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
@@ -159,10 +159,11 @@ class Consumer:
         sent_at = int(sent_ms) / 1000 if sent_ms else None
         with structlog.contextvars.bound_contextvars(message_id=entry.message_id):
             try:
+                body = message.get("Body", "")
                 try:
-                    entry.job_id = decode_message(message.get("Body", ""))
+                    entry.job_id = decode_message(body)
                 except MalformedMessage as exc:
-                    log.warning("malformed message deleted", reason=str(exc))
+                    log.warning("malformed message deleted", reason=str(exc), body=excerpt(body))
                     self.metrics.malformed_messages.inc()
                     self._delete(entry)
                     return

@@ -16,6 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from worker.metrics import WorkerMetrics
 
 DB_CHECK_TIMEOUT_SECONDS = 2.0
+# /readyz reuses the database check this long: a probe storm costs one query per interval, not
+# one per request, on the pool the jobs use.
+READY_CACHE_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -27,6 +30,9 @@ class HealthState:
     database_ping: Callable[[], Awaitable[None]] | None = None
     # Each returns why the worker should be replaced, or None (supervisor, stuck model runs).
     checks: list[Callable[[], str | None]] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
+    _database: tuple[float, str] | None = None  # (checked at, result) of the last ping
+    _database_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def polled(self, ok: bool) -> None:
         self.last_poll = time.monotonic()
@@ -44,17 +50,26 @@ class HealthState:
     async def ready(self) -> tuple[bool, dict[str, str]]:
         checks = {"model": "loaded" if self.model_loaded else "not loaded"}
         ok = self.model_loaded
-        if self.database_ping is None:
-            checks["database"], ok = "not connected", False
-        else:
-            try:
-                await asyncio.wait_for(self.database_ping(), DB_CHECK_TIMEOUT_SECONDS)
-                checks["database"] = "ok"
-            except Exception as exc:
-                checks["database"], ok = f"unreachable: {type(exc).__name__}", False
+        checks["database"] = await self._database_status()
+        ok = ok and checks["database"] == "ok"
         checks["sqs"] = "ok" if self.sqs_ok else "receive failing"
         ok = ok and self.sqs_ok
         return ok, checks
+
+    async def _database_status(self) -> str:
+        if self.database_ping is None:
+            return "not connected"
+        async with self._database_lock:  # concurrent probes share one ping
+            cached = self._database
+            if cached is not None and self.clock() - cached[0] < READY_CACHE_SECONDS:
+                return cached[1]
+            try:
+                await asyncio.wait_for(self.database_ping(), DB_CHECK_TIMEOUT_SECONDS)
+                status = "ok"
+            except Exception as exc:
+                status = f"unreachable: {type(exc).__name__}"
+            self._database = (self.clock(), status)
+            return status
 
 
 class HealthServer:

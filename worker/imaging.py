@@ -7,23 +7,27 @@ pixel limits before any pixel is decompressed."""
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+import structlog
+from PIL import Image, ImageChops, ImageCms, ImageOps, UnidentifiedImageError
 
 from worker.errors import permanent
+
+log = structlog.get_logger(__name__)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FILTER_UP = 2
 PNG_BAND_ROWS = 64
-
-# The limits are ours (MAX_IMAGE_PIXELS); Pillow's own bomb check stays as a backstop.
-Image.MAX_IMAGE_PIXELS = None
+# Rows converted at a time from 16-bit or float grey: a band of float32, never the whole image.
+CONVERT_BAND_PIXELS = 1 << 20
+SRGB = ImageCms.createProfile("sRGB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,9 @@ class DecodedImage:
     rgb: Image.Image  # 8-bit RGB, upright
     alpha: Image.Image | None  # the source's own transparency, if it had any
     source_format: str
+    # The source's ICC profile when it is valid and describes RGB pixels: it describes `rgb`.
+    # None: `rgb` is sRGB (CMYK sources are converted to it with their profile).
+    icc_profile: bytes | None = None
 
 
 def decode(
@@ -42,6 +49,9 @@ def decode(
         raise permanent(
             "too_many_bytes", f"source is {len(data)} bytes, over MAX_IMAGE_BYTES={max_bytes}"
         )
+    # Pillow's own bomb check (in open, seek and load) enforces the worker's limit: the same
+    # value in every call, so assigning the module-wide setting here is race-free.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,7 +60,9 @@ def decode(
         raise permanent(
             "not_an_image", f"source is not a supported image ({', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise permanent("too_many_pixels", f"over MAX_IMAGE_PIXELS={max_pixels}: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise permanent("corrupt_image", f"source image cannot be read: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -68,19 +80,50 @@ def decode(
         raise permanent("corrupt_image", f"image has no pixels ({width}x{height})")
     source_format = image.format or "unknown"
     try:
-        image.seek(0)  # first frame of an animation
-        image.load()
-        rgb, alpha = _to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.seek(0)  # first frame of an animation
+            image.load()
+        profile = _valid_profile(image.info.get("icc_profile"))
+        ImageOps.exif_transpose(image, in_place=True)  # the rotated copy replaces the source
+        rgb, alpha, icc_profile = _to_rgb(image, profile)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise permanent("too_many_pixels", f"over MAX_IMAGE_PIXELS={max_pixels}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, ImageCms.PyCMSError) as exc:
         raise permanent("corrupt_image", f"source image cannot be decoded: {exc}") from None
-    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format, icc_profile=icc_profile)
 
 
-def _to_rgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+def _valid_profile(data: object) -> ImageCms.ImageCmsProfile | None:
+    """The embedded ICC profile if littleCMS can read it; an invalid one is dropped."""
+    if not isinstance(data, bytes) or not data:
+        return None
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(data))
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        log.info("invalid ICC profile dropped", size=len(data))
+        return None
+
+
+def _to_rgb(
+    image: Image.Image, profile: ImageCms.ImageCmsProfile | None
+) -> tuple[Image.Image, Image.Image | None, bytes | None]:
+    """8-bit RGB pixels, the source's alpha, and the ICC profile that describes those pixels."""
     mode = image.mode
+    embedded = image.info.get("icc_profile")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _to_8bit_gray(image)
         mode = image.mode
+    icc_profile = None
+    if profile is not None and profile.profile.xcolor_space.strip() == "RGB" and mode in (
+        "RGB", "RGBA", "P", "PA"
+    ):  # fmt: skip
+        icc_profile = embedded if isinstance(embedded, bytes) else profile.tobytes()
+    if mode == "CMYK" and profile is not None and profile.profile.xcolor_space.strip() == "CMYK":
+        # Its own profile turns CMYK ink into sRGB: Pillow's formula ignores the profile.
+        converted = ImageCms.profileToProfile(image, profile, SRGB, outputMode="RGB")
+        assert converted is not None  # None only when converting in place
+        image, mode = converted, converted.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode == "PA":
@@ -89,28 +132,64 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
         image = image.convert("LA")
     mode = image.mode
     if mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
+        del image
         alpha = rgba.getchannel("A")
         # The colour under transparent pixels is arbitrary: show the model a white backdrop.
         backdrop = Image.new("RGB", rgba.size, (255, 255, 255))
         backdrop.paste(rgba, mask=alpha)
-        return backdrop, alpha
+        return _with_profile(backdrop, icc_profile), alpha, icc_profile
     if mode != "RGB":
         image = image.convert("RGB")  # CMYK (Pillow undoes Adobe inversion), YCbCr, LAB, L, 1
-    return image, None
+    return _with_profile(image, icc_profile), None, icc_profile
+
+
+def _with_profile(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    """`image` carrying exactly `icc_profile` (convert copies the source's, whatever it was)."""
+    image.info.pop("icc_profile", None)
+    if icc_profile is not None:
+        image.info["icc_profile"] = icc_profile
+    return image
 
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
-    """Scale 16-bit and 32-bit grayscale to 8 bits over its real range; Pillow would clip."""
-    pixels = np.asarray(image)
-    if pixels.dtype.kind == "f":
-        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+    """Scale 16-bit and 32-bit grayscale to 8 bits over its real range; Pillow would clip.
+    Band by band: a float32 copy of the whole image would cost 4 bytes per pixel more."""
+    width, height = image.size
+    rows = max(1, CONVERT_BAND_PIXELS // width)
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+    def band(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(image.crop((0, top, width, bottom)))
+
+    floating = image.mode == "F"
+    if floating:
+        low, high = math.inf, -math.inf
+        for top, bottom in bands:
+            pixels = band(top, bottom)
+            if np.isnan(pixels).all():
+                continue
+            low = min(low, float(np.nanmin(pixels)))
+            high = max(high, float(np.nanmax(pixels)))
+        if not math.isfinite(low) or not math.isfinite(high):
+            low, high = 0.0, 0.0
         scale = 255.0 / (high - low) if high > low else 0.0
-        scaled = (np.nan_to_num(pixels, nan=low) - low) * scale
     else:
-        top = 65535.0 if pixels.max(initial=0) > 255 or "16" in image.mode else 255.0
-        scaled = pixels.astype(np.float32) * (255.0 / top)
-    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+        top_value = 255.0
+        if "16" in image.mode or any(band(t, b).max(initial=0) > 255 for t, b in bands):
+            top_value = 65535.0
+        low, scale = 0.0, 255.0 / top_value
+    gray = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in bands:
+        pixels = band(top, bottom).astype(np.float32)
+        if floating:
+            np.nan_to_num(pixels, copy=False, nan=low, posinf=high, neginf=low)
+        pixels -= low
+        pixels *= scale
+        pixels += 0.5
+        np.clip(pixels, 0, 255, out=pixels)
+        gray[top:bottom] = pixels
+    return Image.fromarray(gray, mode="L")
 
 
 def cut_out(decoded: DecodedImage, mask: Image.Image) -> Image.Image:

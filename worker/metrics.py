@@ -247,6 +247,24 @@ class WorkerMetrics:
         for fmt in RECIPE_FORMATS:
             for background in RECIPE_BACKGROUNDS:
                 self.recipe_outputs.labels(fmt, background)
+        self.memory_budget = Gauge(
+            "image_worker_memory_budget_bytes",
+            "Memory jobs may hold at once (MEMORY_BUDGET_MB); 0 when admission is off.",
+            registry=r,
+        )
+        self.memory_reserved = Gauge(
+            "image_worker_memory_reserved_bytes",
+            "Memory reserved by running jobs, estimated from their image headers.",
+            registry=r,
+        )
+        self.memory_waiting = Gauge(
+            "image_worker_memory_waiting_jobs", "Jobs waiting for room in the budget.", registry=r
+        )
+        self.stuck_cpu_work = Gauge(
+            "image_worker_stuck_cpu_work",
+            "CPU-pool calls (decode, encode) still running past JOB_TIMEOUT_SECONDS.",
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
             self.job_timeouts.labels(stage)

@@ -23,7 +23,8 @@ import structlog
 
 from jobcore.jobs import Job, JobStatus
 from jobcore.recipe import Recipe
-from worker import attempts, imaging, s3_objects
+from worker import admission, attempts, imaging, s3_objects
+from worker.admission import MemoryAdmission
 from worker.cancellation import Cancellation, JobCancelled
 from worker.compose import Composed, NoSubject, check_subject, compose, output_keys
 from worker.errors import Failure, FailureKind, JobFailed, classify
@@ -76,6 +77,7 @@ class JobProcessor:
         models: ModelRegistry,
         cpu_pool: Executor,
         metrics: WorkerMetrics,
+        memory: MemoryAdmission | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,6 +86,7 @@ class JobProcessor:
         self.cpu_pool = cpu_pool
         self.metrics = metrics
         self.cancellation = Cancellation(store, s3, metrics)
+        self.admission = memory or MemoryAdmission(None)
 
     async def process(
         self, job_id: uuid.UUID, receive_count: int, sent_at: float | None, deadline: float
@@ -201,9 +204,24 @@ class JobProcessor:
         loop = asyncio.get_running_loop()
         with self._stage(progress, "download"), self._tracking("s3"):
             data = await s3_objects.download(
-                self.s3, job.source_bucket, job.source_key, max_bytes=settings.max_image_bytes
+                self.s3,
+                job.source_bucket,
+                job.source_key,
+                max_bytes=settings.max_image_bytes,
+                allowed_buckets=settings.source_buckets,
             )
         self.metrics.bytes_processed.labels("in").inc(len(data))
+        need = await loop.run_in_executor(self.cpu_pool, admission.estimate_bytes, data)
+        progress.stage = "admission"  # waiting for memory: bounded by the job deadline
+        async with self.admission.reserve(need):
+            return await self._pixels(job, recipe, model, data, progress)
+
+    async def _pixels(
+        self, job: Job, recipe: Recipe, model: str, data: bytes, progress: _Progress
+    ) -> _Result:
+        """Decode -> model -> compose -> upload: the part whose memory admission reserved."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
         with self._stage(progress, "decode"):
             decoded = await loop.run_in_executor(
                 self.cpu_pool,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jobcore.recipe import MODEL_NAME as MODEL_NAME_PATTERN
 from jobcore.recipe import Recipe, RecipeError
+from jobcore.s3_names import bucket_problem
 from worker.completion_hook import hook_name_problem
 
 EXECUTION_PROVIDERS = ("auto", "cuda", "cpu")
@@ -74,6 +75,8 @@ class Settings:
     max_loaded_models: int
     preload_models: tuple[str, ...]
     custom_models: tuple[tuple[str, Path], ...]
+    source_buckets: frozenset[str]  # empty: any bucket a job names
+    memory_budget_mb: int | None  # None: from the cgroup limit; 0: no admission limit
     db_auth_failure_limit: int = 3
     completion_hook: str | None = None  # a PostgreSQL function run in the completing transaction
     events_topic_arn: str | None = None  # SNS topic for job-finished events; None: no events
@@ -162,10 +165,25 @@ class Settings:
             max_loaded_models=max_loaded,
             preload_models=preload,
             custom_models=reader.custom_models("CUSTOM_MODELS"),
+            source_buckets=_source_buckets(reader),
+            memory_budget_mb=(
+                None
+                if reader.optional("MEMORY_BUDGET_MB") is None
+                else reader.integer("MEMORY_BUDGET_MB", 0, low=0, high=16 * 1024 * 1024)
+            ),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
         return settings
+
+
+def _source_buckets(reader: _Reader) -> frozenset[str]:
+    """SOURCE_BUCKETS: a comma-separated allowlist of the buckets jobs may read from."""
+    names = frozenset(n.strip() for n in reader.text("SOURCE_BUCKETS", "").split(",") if n.strip())
+    for name in sorted(names):
+        if (problem := bucket_problem(name)) is not None:
+            reader.problems.append(f"SOURCE_BUCKETS: {problem}")
+    return names
 
 
 class _Reader:

@@ -50,18 +50,26 @@ class TimedThreadPool(ThreadPoolExecutor):
 
 class StuckRunCheck:
     """`capacity`: how many model runs can go on at once: INFERENCE_THREADS, or 1 with the
-    micro-batcher, which waits for each batch run before it starts the next."""
+    micro-batcher, which waits for each batch run before it starts the next. The CPU pool
+    (decode, conversions, encode: work that cannot be stopped from outside its thread either) is
+    watched the same way, `what="CPU-pool call"`, with CPU_THREADS as its capacity."""
 
     def __init__(
-        self, pool: TimedThreadPool, job_timeout: float, max_run_seconds: float, capacity: int
+        self,
+        pool: TimedThreadPool,
+        job_timeout: float,
+        max_run_seconds: float,
+        capacity: int,
+        what: str = "model run",
     ) -> None:
         self.pool = pool
         self.job_timeout = job_timeout
         self.max_run_seconds = max_run_seconds
         self.capacity = capacity
+        self.what = what
 
     def stuck(self) -> int:
-        """Model runs still going past JOB_TIMEOUT_SECONDS: their jobs have been given up."""
+        """Calls still going past JOB_TIMEOUT_SECONDS: their jobs have been given up."""
         return len(self.pool.running_longer_than(self.job_timeout))
 
     def problem(self) -> str | None:
@@ -70,12 +78,12 @@ class StuckRunCheck:
             return None
         if len(stuck) >= self.capacity:
             return (
-                f"{len(stuck)} model run(s) stuck past JOB_TIMEOUT_SECONDS={self.job_timeout:g}"
-                f" leave no model run free (longest {stuck[0]:.0f}s)"
+                f"{len(stuck)} {self.what}(s) stuck past JOB_TIMEOUT_SECONDS={self.job_timeout:g}"
+                f" leave no {self.what} free (longest {stuck[0]:.0f}s)"
             )
         if stuck[0] > self.max_run_seconds:
             return (
-                f"a model run has been running {stuck[0]:.0f}s,"
+                f"a {self.what} has been running {stuck[0]:.0f}s,"
                 f" over MODEL_RUN_MAX_SECONDS={self.max_run_seconds:g}"
             )
         return None

