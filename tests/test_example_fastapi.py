@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from examples.fastapi_app.books import attach, book_images, migrate, save_book
+from examples.fastapi_app.books import ATTACH, attach, book_images, migrate, save_book
 from examples.fastapi_app.settings import ExampleConfigError, ExampleSettings
 from jobcore.jobs import decode_message
 from tests.conftest import Aws, StartWorker
@@ -558,6 +558,24 @@ async def test_attach_processed_image_renumbers_once_and_ignores_other_jobs(
 
     other = uuid.uuid4()
     await db.execute("INSERT INTO app.image_jobs (job_id, book_id) VALUES ($1, 'b9')", other)
+    # Who may call it: the worker's group role (SECURITY DEFINER: no rights on app.* needed),
+    # not the producer's.
+    function = await db.fetchval(
+        "SELECT 'app.attach_processed_image(uuid, text, jsonb)'::regprocedure::oid"
+    )
+    async with db.acquire() as connection:
+        for role, allowed in (("image_worker", True), ("image_producer", False)):
+            await connection.execute(f"SET ROLE {role}")
+            try:
+                privilege = "SELECT has_function_privilege($1::oid, 'EXECUTE')"
+                assert await connection.fetchval(privilege, function) is allowed
+            finally:
+                await connection.execute("RESET ROLE")
+        await connection.execute("SET ROLE image_worker")
+        try:
+            await connection.execute(ATTACH, uuid.uuid4(), "b9", outputs)  # not this app's: no-op
+        finally:
+            await connection.execute("RESET ROLE")
     with pytest.raises(asyncpg.RaiseError, match='has no "image" output'):
         await attach(
             db, other, "b9", json.dumps([{"name": "thumb-300", "bucket": "b", "key": "k"}])

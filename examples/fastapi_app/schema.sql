@@ -78,3 +78,15 @@ BEGIN
      WHERE job_id = p_job_id;
 END
 $$;
+
+-- Only the worker may call it (as the completion hook): the image_worker group role of the
+-- library's migrations, when it exists; your app's own role calls it as the owner.
+REVOKE ALL ON FUNCTION app.attach_processed_image(uuid, text, jsonb) FROM PUBLIC;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'image_worker') THEN
+        GRANT USAGE ON SCHEMA app TO image_worker;
+        GRANT EXECUTE ON FUNCTION app.attach_processed_image(uuid, text, jsonb) TO image_worker;
+    END IF;
+END
+$$;
