@@ -10,8 +10,8 @@ from contextlib import AsyncExitStack
 import aioboto3
 import asyncpg
 import structlog
-from aiobotocore.config import AioConfig
 
+from jobcore.aws import aws_client
 from worker.consumer import Consumer
 from worker.db_auth import AuthFailureWatch
 from worker.health import HealthServer, HealthState
@@ -25,16 +25,6 @@ from worker.supervisor import Supervisor
 from worker.watchdog import StuckRunCheck
 
 log = structlog.get_logger(__name__)
-
-
-def aws_config(settings: Settings) -> AioConfig:
-    return AioConfig(
-        region_name=settings.aws_region,
-        connect_timeout=5,
-        read_timeout=settings.wait_time_seconds + 15,  # longer than a long poll
-        retries={"max_attempts": 3, "mode": "standard"},
-        max_pool_connections=max(10, settings.concurrency * 2),
-    )
 
 
 class WorkerApp:
@@ -99,13 +89,9 @@ class WorkerApp:
             self.health.database_ping = store.ping
 
             session = aioboto3.Session()
-            endpoint = settings.aws_endpoint_url
-            sqs = await stack.enter_async_context(
-                session.client("sqs", endpoint_url=endpoint, config=aws_config(settings))
-            )
-            s3 = await stack.enter_async_context(
-                session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
-            )
+            aws = settings.aws_options()
+            sqs = await stack.enter_async_context(aws_client("sqs", aws, session=session))
+            s3 = await stack.enter_async_context(aws_client("s3", aws, session=session))
 
             # Entered after the clients and the model it uses, so its loops stop before they close.
             supervisor = await stack.enter_async_context(Supervisor(self.metrics))
