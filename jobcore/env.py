@@ -134,7 +134,8 @@ class EnvReader:
         above: float | None = None,
     ) -> float:
         """Seconds: a number, never negative."""
-        return self.number(name, default, low=low, high=high, above=above)
+        implied = above is not None and above >= low  # "more than" already says "at least"
+        return self.number(name, default, low=None if implied else low, high=high, above=above)
 
     def _in_range(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from deploy.terraform_hcl import load_hcl
+from tools.terraform_hcl import load_hcl
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
