@@ -17,6 +17,8 @@ from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
 
+pytestmark = pytest.mark.slow  # outages held for a while, the worker backing off and resuming
+
 
 async def get_json(url: str) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
