@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from botocore.config import Config
 
 from api_client.errors import ClientConfigError
+from jobcore.aws import AwsOptions
 from jobcore.env import EnvReader
 
 
@@ -45,12 +46,18 @@ class ClientSettings:
         reader.check(config_error)
         return settings
 
-    def boto_config(self) -> Config:
-        return Config(
+    def aws_options(self) -> AwsOptions:
+        """The producer's AWS clients (`jobcore.aws.aws_client` / `sync_aws_client`)."""
+        return AwsOptions(
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
             connect_timeout=self.connect_timeout,
             read_timeout=max(30.0, self.connect_timeout),
-            retries={"mode": "standard", "max_attempts": self.aws_max_attempts},
+            max_attempts=self.aws_max_attempts,
         )
+
+    def boto_config(self) -> Config:
+        return self.aws_options().config()
 
 
 def config_error(problems: list[str]) -> ClientConfigError:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from api_client.settings import ClientSettings
 from jobcore.aws import AwsOptions, aws_client, sync_aws_client
 from jobcore.env import EnvError
 from tests.conftest import Aws
@@ -61,3 +62,21 @@ async def test_an_async_client_reaches_the_endpoint(aws: Aws) -> None:
     async with aws_client("sqs", options) as sqs:
         assert sqs.meta.config.connect_timeout == options.connect_timeout
         assert aws.queue_url in (await sqs.list_queues())["QueueUrls"]
+
+
+def test_the_producers_clients_follow_its_settings() -> None:
+    env = {
+        "DATABASE_URL": "postgresql://u@h/db",
+        "SQS_QUEUE_URL": "https://sqs.example/1/q",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "CLIENT_CONNECT_TIMEOUT_SECONDS": "45",
+        "AWS_MAX_ATTEMPTS": "5",
+    }
+    options = ClientSettings.from_env(env).aws_options()
+    assert options == AwsOptions(
+        region="us-east-1",
+        endpoint_url="http://127.0.0.1:5000",
+        connect_timeout=45,
+        read_timeout=45,
+        max_attempts=5,
+    )
