@@ -46,6 +46,9 @@ class EnvReader:
         value = self.environ.get(name)
         return value.strip() if value is not None and value.strip() != "" else None
 
+    def is_set(self, name: str) -> bool:
+        return self.raw(name) is not None
+
     def required(self, name: str, *, prefix: tuple[str, ...] = ()) -> str:
         value = self.raw(name)
         if value is None:

@@ -18,6 +18,9 @@ def test_unset_and_blank_take_the_default() -> None:
     assert reader.boolean("BLANK", True) is True
     assert reader.text("BLANK", "x") == "x"
     assert reader.optional("BLANK") is None
+    assert not reader.is_set("BLANK")
+    assert not reader.is_set("UNSET")
+    assert EnvReader({"SET": "0"}).is_set("SET")
     reader.check()
 
 
