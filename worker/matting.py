@@ -30,7 +30,9 @@ BACKGROUND_THRESHOLD = 10
 ERODE_SIZE = 10
 SCALE = 5
 EPSILON = 1e-7  # pymatting's default, which rembg uses
-MAX_COARSE_UNKNOWNS = 40_000  # bounds the direct solve's time and memory: the scale grows
+CHUNK_PIXELS = 1 << 16
+CHUNK_WINDOWS = 1 << 13
+MAX_COARSE_UNKNOWNS = 25_000  # bounds the direct solve's time and memory: the scale grows
 GUIDE_RADIUS = 1
 GUIDE_EPSILON = 1e-4
 FUSION_RADII = (90, 6)  # blur-fusion's two box radii at full size (the paper's)
@@ -90,25 +92,23 @@ def matte(
             break
         scale += 1
     coarse_alpha = _closed_form_alpha(coarse_rgb, coarse_tri)
-    unknown_y -= top
-    unknown_x -= left
-    guide = rgb[unknown_y + top, unknown_x + left].astype(np.float64) / 255.0
     slope, offset = _guided_filter(coarse_rgb, coarse_alpha, GUIDE_RADIUS, GUIDE_EPSILON)
-    fine_alpha = np.einsum(
-        "nc,nc->n", _bilinear(slope, unknown_y, unknown_x, scale), guide
-    ) + _bilinear(offset, unknown_y, unknown_x, scale)
-    np.clip(fine_alpha, 0.0, 1.0, out=fine_alpha)
-    # rembg converts with a cast (truncation), not rounding: the same here keeps the two comparable.
-    alpha[unknown_y + top, unknown_x + left] = (fine_alpha * 255.0).astype(np.uint8)
-
     blurred_fg, blurred_bg = _blur_fusion(coarse_rgb, coarse_alpha, scale)
-    fg_at = _bilinear(blurred_fg, unknown_y, unknown_x, scale)
-    bg_at = _bilinear(blurred_bg, unknown_y, unknown_x, scale)
-    a = fine_alpha[:, None]
-    estimate = fg_at + a * (guide - a * fg_at - (1.0 - a) * bg_at)
-    foreground[unknown_y + top, unknown_x + left] = np.clip(estimate * 255.0 + 0.5, 0, 255).astype(
-        np.uint8
-    )
+    # The full-size pixels in chunks: a few MiB of temporaries whatever the band's size.
+    for start in range(0, unknown_y.size, CHUNK_PIXELS):
+        ys, xs = unknown_y[start : start + CHUNK_PIXELS], unknown_x[start : start + CHUNK_PIXELS]
+        guide = rgb[ys, xs].astype(np.float64) / 255.0
+        ys, xs = ys - top, xs - left
+        fine = np.einsum("nc,nc->n", _bilinear(slope, ys, xs, scale), guide)
+        fine += _bilinear(offset, ys, xs, scale)
+        np.clip(fine, 0.0, 1.0, out=fine)
+        # rembg casts (truncates) rather than rounds: the same here keeps the two comparable.
+        alpha[ys + top, xs + left] = (fine * 255.0).astype(np.uint8)
+        fg_at = _bilinear(blurred_fg, ys, xs, scale)
+        bg_at = _bilinear(blurred_bg, ys, xs, scale)
+        weight = fine[:, None]
+        estimate = fg_at + weight * (guide - weight * fg_at - (1.0 - weight) * bg_at)
+        foreground[ys + top, xs + left] = np.clip(estimate * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Matte(alpha=alpha, foreground=foreground)
 
 
@@ -143,18 +143,20 @@ def _closed_form_alpha(image: np.ndarray, tri: np.ndarray) -> np.ndarray:
     index = np.full(height * width, -1, dtype=np.int64)
     index[unknown] = np.arange(count)
 
-    centers = _window_centres(~known.reshape(height, width))
-    pixels = centers[:, None] + (_WINDOW[:, 0] * width + _WINDOW[:, 1])[None, :]
-    weights = _window_weights(image.reshape(-1, 3)[pixels])  # K x 9 x 9: delta - (1 + cMc) / 9
-    rows = index[pixels]
-    is_row = rows >= 0
-    sure_fg = is_fg[pixels] * known[pixels]
-    pull = np.einsum("kij,kj->ki", weights, sure_fg)
-    rhs = -np.bincount(rows[is_row], weights=pull[is_row], minlength=count)
-
-    both = is_row[:, :, None] & is_row[:, None, :]
-    keys = rows[:, :, None] * 25 + _STENCIL[None]
-    stencil = np.bincount(keys[both], weights=weights[both], minlength=count * 25)
+    rhs = np.zeros(count)
+    stencil: np.ndarray = np.zeros(count * 25)
+    centres = _window_centres(~known.reshape(height, width))
+    window = (_WINDOW[:, 0] * width + _WINDOW[:, 1])[None, :]
+    for start in range(0, centres.size, CHUNK_WINDOWS):  # bounded temporaries
+        pixels = centres[start : start + CHUNK_WINDOWS, None] + window
+        weights = _window_weights(image.reshape(-1, 3)[pixels])  # K x 9 x 9
+        rows = index[pixels]
+        is_row = rows >= 0
+        pull = np.einsum("kij,kj->ki", weights, is_fg[pixels] * known[pixels])
+        rhs -= np.bincount(rows[is_row], weights=pull[is_row], minlength=count)
+        both = is_row[:, :, None] & is_row[:, None, :]
+        keys = rows[:, :, None] * 25 + _STENCIL[None]
+        stencil += np.bincount(keys[both], weights=weights[both], minlength=count * 25)
     stencil = stencil.reshape(count, 25)
     offsets = np.array([dy * width + dx for dy in range(-2, 3) for dx in range(-2, 3)])
     neighbour = unknown[:, None] + offsets[None, :]
