@@ -93,6 +93,15 @@ def test_mask_without_an_unknown_band_is_returned_as_is() -> None:
     assert (result.foreground == rgb).all()
 
 
+def test_mask_without_sure_pixels_is_the_alpha() -> None:
+    rgb, _, _ = soft_edge_scene()
+    mask = np.full(rgb.shape[:2], 128, dtype=np.uint8)
+    mask[::7, ::5] = 90
+    result = matte(rgb, mask)
+    assert (result.alpha == mask).all()
+    assert (result.foreground == rgb).all()
+
+
 def test_shapes_must_match() -> None:
     with pytest.raises(ValueError, match="do not match"):
         matte(np.zeros((10, 10, 3), dtype=np.uint8), np.zeros((10, 11), dtype=np.uint8))

@@ -91,6 +91,10 @@ def matte(
         if np.count_nonzero(coarse_tri == 128) <= MAX_COARSE_UNKNOWNS:
             break
         scale += 1
+    if not (coarse_tri != 128).any():
+        # Nothing sure to propagate from (a mask that is grey everywhere): the system is
+        # singular, and rembg falls back to the mask as alpha too.
+        return Matte(alpha=mask.copy(), foreground=foreground)
     coarse_alpha = _closed_form_alpha(coarse_rgb, coarse_tri)
     slope, offset = _guided_filter(coarse_rgb, coarse_alpha, GUIDE_RADIUS, GUIDE_EPSILON)
     blurred_fg, blurred_bg = _blur_fusion(coarse_rgb, coarse_alpha, scale)
