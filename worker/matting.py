@@ -28,7 +28,7 @@ import numpy as np
 FOREGROUND_THRESHOLD = 240
 BACKGROUND_THRESHOLD = 10
 ERODE_SIZE = 10
-SCALE = 5
+SCALE = 4
 EPSILON = 1e-7  # pymatting's default, which rembg uses
 CHUNK_PIXELS = 1 << 16
 CHUNK_WINDOWS = 1 << 13
