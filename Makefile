@@ -7,7 +7,7 @@ export U2NET_HOME ?= $(CURDIR)/.models
 MODEL ?= u2netp
 PYTEST_ARGS ?=
 
-.PHONY: install model system-deps tools dev test lint typecheck bench clean \
+.PHONY: install model system-deps tools dev check test lint typecheck bench clean \
 	container-tools base-image image image-cpu lock
 
 $(BIN)/image-worker: pyproject.toml
@@ -57,7 +57,15 @@ $(CHECKOV):
 dev: install
 	$(BIN)/python -m devstack
 
-## The whole test suite (what .ci/run calls); tests/test_image.py runs the image built here.
+## The fast lane, before a commit: lint, types, and every test not marked `slow` or `image` (unit
+## and fast integration against the real local services; no image build).
+check: install system-deps tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow and not image" $(PYTEST_ARGS)
+
+## The whole test suite (what .ci/run calls); tests marked `image` run the image built here.
 test: install system-deps tools image
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-import aioboto3
 import structlog
 
+from jobcore.aws import aws_client
 from jobcore.event_outbox import EventCatchUp, EventPublisher, catch_up_events
 
 if TYPE_CHECKING:
-    from api_client.admin import JobQueue
     from api_client.recovery import SweepSettings
+    from api_client.requeue import JobQueue
 
 log = structlog.get_logger(__name__)
 
@@ -24,14 +24,7 @@ async def sweep_events(client: JobQueue, settings: SweepSettings) -> EventCatchU
     """One catch-up pass; None when events are off (no EVENTS_TOPIC_ARN)."""
     if settings.events_topic_arn is None:
         return None
-    client_settings = client.settings
-    session = aioboto3.Session()
-    async with session.client(
-        "sns",
-        region_name=client_settings.aws_region,
-        endpoint_url=client_settings.aws_endpoint_url,
-        config=client_settings.boto_config(),
-    ) as sns:
+    async with aws_client("sns", client.settings.aws_options()) as sns:
         result = await catch_up_events(
             client.pool,
             EventPublisher(sns, settings.events_topic_arn),

@@ -6,9 +6,6 @@ failure is a reason in the report."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -16,6 +13,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from api_client.settings import ClientSettings
+from jobcore.checks import Check, CheckResult, run_bounded
 from jobcore.queues import queue_depth
 
 if TYPE_CHECKING:
@@ -37,14 +35,6 @@ class HealthTarget(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class CheckResult:
-    name: str  # database, queue, dlq, source_bucket
-    ok: bool
-    latency_seconds: float
-    detail: str  # what was found (ok) or why not (error)
-
-
-@dataclass(frozen=True, slots=True)
 class HealthReport:
     checks: list[CheckResult]
 
@@ -61,32 +51,13 @@ async def check_health(
     *,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - a bound per check, not for the call
 ) -> HealthReport:
-    checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [
-        ("database", lambda: _database(target.pool)),
-        ("queue", lambda: _queue(target.sqs, target.settings.queue_url)),
-        ("dlq", lambda: _dlq(target)),
-        ("source_bucket", lambda: _bucket(target)),
+    checks = [
+        Check("database", lambda: _database(target.pool), timeout),
+        Check("queue", lambda: _queue(target.sqs, target.settings.queue_url), timeout),
+        Check("dlq", lambda: _dlq(target), timeout),
+        Check("source_bucket", lambda: _bucket(target), timeout),
     ]
-    results = await asyncio.gather(*(_timed(name, check, timeout) for name, check in checks))
-    return HealthReport(list(results))
-
-
-async def _timed(name: str, check: Callable[[], Awaitable[str]], limit: float) -> CheckResult:
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(limit):
-            detail = await check()
-        ok = True
-    except TimeoutError:
-        ok, detail = False, f"timed out after {limit:g}s"
-    except Exception as exc:  # a health check reports every failure, never raises
-        ok, detail = False, _reason(exc)
-    return CheckResult(name, ok, round(time.perf_counter() - started, 6), detail)
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
+    return HealthReport(await run_bounded(checks))
 
 
 async def _database(pool: asyncpg.Pool) -> str:

@@ -1,8 +1,8 @@
 """Automatic recovery of jobs whose message is not on the queue, with no operator.
 
 One pass (`sweep`) does two things, each row under `SELECT ... FOR UPDATE SKIP LOCKED` (through
-`admin._send_queue_failed`, the same path as `image-jobs retry-queue-failed`), so any number of
-sweepers can run at once and each row is sent by one of them:
+`requeue.send_and_mark_pending`, the same path as `image-jobs retry-queue-failed`), so any number
+of sweepers can run at once and each row is sent by one of them:
 
 1. `queue_failed` rows untouched for the grace period (SWEEP_GRACE_SECONDS, default 60 s) are sent
    and marked `pending` before commit. The grace period covers a producer that wrote the row in
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,9 +35,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from api_client.admin import JobQueue, Requeued, _send_queue_failed
 from api_client.errors import ClientConfigError
 from api_client.event_catchup import sweep_events
+from api_client.requeue import JobQueue, Requeued, send_and_mark_pending
+from api_client.settings import config_error
+from jobcore.env import EnvReader
 from jobcore.event_outbox import EventCatchUp
 from jobcore.job_queries import count_jobs
 from jobcore.jobs import JobStatus
@@ -83,18 +84,23 @@ class SweepSettings:
         cls, environ: Mapping[str, str] | None = None, **overrides: float | None
     ) -> SweepSettings:
         """The SWEEP_* variables, then the non-None `overrides` (command-line options)."""
-        env = os.environ if environ is None else environ
+        reader = EnvReader(environ)
         default = cls()
         values: dict[str, Any] = {
-            "grace_seconds": _number(env, "SWEEP_GRACE_SECONDS", default.grace_seconds),
-            "pending_after_seconds": _number(
-                env, "SWEEP_PENDING_AFTER_SECONDS", default.pending_after_seconds
+            "grace_seconds": reader.duration("SWEEP_GRACE_SECONDS", default.grace_seconds, above=0),
+            "pending_after_seconds": reader.duration(
+                "SWEEP_PENDING_AFTER_SECONDS", default.pending_after_seconds, above=0
             ),
-            "max_per_pass": int(_number(env, "SWEEP_MAX_PER_PASS", default.max_per_pass)),
-            "max_per_second": _number(env, "SWEEP_MAX_PER_SECOND", default.max_per_second),
-            "interval_seconds": _number(env, "SWEEP_INTERVAL_SECONDS", default.interval_seconds),
-            "events_topic_arn": env.get("EVENTS_TOPIC_ARN") or None,
+            "max_per_pass": reader.integer("SWEEP_MAX_PER_PASS", default.max_per_pass, low=1),
+            "max_per_second": reader.number(
+                "SWEEP_MAX_PER_SECOND", default.max_per_second, above=0
+            ),
+            "interval_seconds": reader.duration(
+                "SWEEP_INTERVAL_SECONDS", default.interval_seconds, above=0
+            ),
+            "events_topic_arn": reader.optional("EVENTS_TOPIC_ARN", prefix=("arn:",)),
         }
+        reader.check(config_error)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
@@ -102,16 +108,6 @@ class SweepSettings:
     def pass_timeout_seconds(self) -> float:
         """A pass sends at most max_per_pass messages at max_per_second, plus slack for calls."""
         return self.max_per_pass / self.max_per_second + 120.0
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ClientConfigError(f"{name}={raw!r} is not a number") from None
 
 
 class Pacer:
@@ -226,7 +222,7 @@ async def sweep(client: JobQueue, settings: SweepSettings | None = None) -> Swee
     started = time.monotonic()
     pace = Pacer(settings.max_per_second)
     report = SweepReport()
-    sent = await _send_queue_failed(
+    sent = await send_and_mark_pending(
         client,
         None,
         limit=settings.max_per_pass,
@@ -238,7 +234,7 @@ async def sweep(client: JobQueue, settings: SweepSettings | None = None) -> Swee
     if budget > 0 and not sent.failed:  # a failed send: the queue is down, leave the rest be
         report.missing_messages = await missing_messages(client)
         if report.missing_messages:
-            resent = await _send_queue_failed(
+            resent = await send_and_mark_pending(
                 client,
                 None,
                 limit=min(budget, report.missing_messages),

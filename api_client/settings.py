@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from botocore.config import Config
 
 from api_client.errors import ClientConfigError
+from jobcore.aws import AwsOptions
+from jobcore.env import EnvReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,37 +30,36 @@ class ClientSettings:
         *,
         required: Sequence[str] = ("DATABASE_URL", "SQS_QUEUE_URL"),
     ) -> ClientSettings:
-        env = os.environ if environ is None else environ
-        missing = [name for name in required if not env.get(name)]
-        if missing:
-            raise ClientConfigError(f"{' and '.join(missing)} must be set")
-        return cls(
-            database_url=env.get("DATABASE_URL", ""),
-            queue_url=env.get("SQS_QUEUE_URL", ""),
-            source_bucket=env.get("SOURCE_BUCKET") or None,
-            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            dlq_url=env.get("SQS_DLQ_URL") or None,
-            connect_timeout=_positive(env, "CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0),
-            aws_max_attempts=int(_positive(env, "AWS_MAX_ATTEMPTS", 3)),
+        reader = EnvReader(environ)
+        for name in required:
+            reader.required(name)
+        settings = cls(
+            database_url=reader.text("DATABASE_URL", ""),
+            queue_url=reader.text("SQS_QUEUE_URL", ""),
+            source_bucket=reader.optional("SOURCE_BUCKET"),
+            aws_region=reader.text("AWS_REGION", reader.text("AWS_DEFAULT_REGION", "us-east-1")),
+            aws_endpoint_url=reader.optional("AWS_ENDPOINT_URL"),
+            dlq_url=reader.optional("SQS_DLQ_URL"),
+            connect_timeout=reader.duration("CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0, above=0),
+            aws_max_attempts=reader.integer("AWS_MAX_ATTEMPTS", 3, low=1),
+        )
+        reader.check(config_error)
+        return settings
+
+    def aws_options(self) -> AwsOptions:
+        """The producer's AWS clients (`jobcore.aws.aws_client` / `sync_aws_client`)."""
+        return AwsOptions(
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+            connect_timeout=self.connect_timeout,
+            read_timeout=max(30.0, self.connect_timeout),
+            max_attempts=self.aws_max_attempts,
         )
 
     def boto_config(self) -> Config:
-        return Config(
-            connect_timeout=self.connect_timeout,
-            read_timeout=max(30.0, self.connect_timeout),
-            retries={"mode": "standard", "max_attempts": self.aws_max_attempts},
-        )
+        return self.aws_options().config()
 
 
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ClientConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ClientConfigError(f"{name} must be positive, got {raw!r}")
-    return value
+def config_error(problems: list[str]) -> ClientConfigError:
+    """The producer's settings problems as one error on one line (the CLI prints one line)."""
+    return ClientConfigError("; ".join(problems))

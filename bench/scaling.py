@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's deploy package
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's tools package
 
-from deploy.terraform_hcl import parse_hcl  # noqa: E402
+from tools.terraform_hcl import parse_hcl  # noqa: E402
 
 # The policy before the backlog-per-task fix (visible / RUNNING tasks; +1 from zero; 60-minute
 # renewed task protection): terraform/ at commit 0197c11, kept as files (no git history needed).

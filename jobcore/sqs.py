@@ -11,6 +11,8 @@ from typing import Any, Generic, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 SQS_BATCH = 10  # the most entries one SQS batch call (or one receive) takes
+# The longest visibility timeout SQS accepts (12 hours), for a queue or one ChangeMessageVisibility.
+MAX_VISIBILITY_SECONDS = 43200
 CALL_ERRORS = (ClientError, BotoCoreError, OSError)
 
 T = TypeVar("T")

@@ -28,6 +28,8 @@ from tests.helpers import eventually, synthetic_scene
 from tests.test_example_fastapi import REPO, LaunchApp, app_env, finished, listing
 from tests.test_example_fastapi import launch_app as launch_app  # the fixture
 
+pytestmark = pytest.mark.slow  # uvicorn, a worker and Chromium
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACT = REPO / "out" / "admin-page.png"

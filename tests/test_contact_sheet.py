@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from api_client.contact_sheet import (
@@ -74,6 +75,7 @@ def test_the_sheet_puts_each_photo_beside_its_cutout_on_a_checkerboard() -> None
     assert (caption.sum(axis=-1) < 300).any(), "the caption is drawn"
 
 
+@pytest.mark.slow
 async def test_inject_wait_sheet_writes_the_sheet_of_the_injected_files(
     database_url: str, aws: Aws, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -106,6 +108,7 @@ async def test_inject_wait_sheet_writes_the_sheet_of_the_injected_files(
         assert corner == CHECKER_LIGHT
 
 
+@pytest.mark.slow
 async def test_make_dev_writes_the_contact_sheet_of_the_samples(tmp_path: Path) -> None:
     """`python -m devstack` (what `make dev` runs) on its embedded stack: every sample photo
     completes and out/contact-sheet.png has one row for each, its cut-out on the checkerboard."""

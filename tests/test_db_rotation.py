@@ -28,6 +28,8 @@ from worker.db_auth import AuthFailureWatch
 from worker.migrate import migrate_url
 from worker.settings import Settings
 
+pytestmark = pytest.mark.slow  # a worker through a password rotation
+
 ROLE = "rotating_worker"
 
 

@@ -18,6 +18,8 @@ from tests.faults import FaultProxy
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
 from worker.health import READY_CACHE_SECONDS
 
+pytestmark = pytest.mark.slow  # outages held for a while, the worker backing off and resuming
+
 
 async def get_json(url: str) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as session, session.get(url) as response:

@@ -21,6 +21,8 @@ from tests.conftest import Aws, StartWorker, worker_env
 from tests.helpers import eventually, scrape, synthetic_scene, unused_port, wait_finished
 from tests.test_delivery_retries import large_photo
 
+pytestmark = pytest.mark.slow  # worker processes drained, signalled and killed
+
 
 class WorkerProcess:
     def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:

@@ -124,7 +124,7 @@ def test_the_task_runs_image_jobs_sweep_with_the_sweep_image_and_its_own_databas
 
 
 def producer_setting_names() -> set[str]:
-    read = re.compile(r'(?:env\.get\(|_positive\(\s*env,\s*|_number\(\s*env,\s*)"(\w+)"')
+    read = re.compile(r'reader\.\w+\(\s*"(\w+)"')  # jobcore.env.EnvReader's calls
     names: set[str] = set()
     for path in (REPO / "api_client" / "settings.py", REPO / "api_client" / "recovery.py"):
         names |= set(read.findall(path.read_text()))

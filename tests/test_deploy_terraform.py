@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from deploy.terraform_hcl import load_hcl
+from tools.terraform_hcl import load_hcl
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -657,7 +657,7 @@ def test_no_inbound_by_default_metrics_only_from_scraper_security_groups(module:
 PRODUCER_CALL = re.compile(r"\b(?:[a-z]+_)?(sqs|s3)(?:\(\))?\.([a-z][a-z0-9_]*)\(")
 # Client methods that are not AWS operations (no IAM action).
 CLIENT_HELPERS = {"close", "get_paginator", "get_waiter", "can_paginate", "generate_presigned_url"}
-# The health check of issue 13 (`check_health()`: GetQueueUrl, GetQueueAttributes, HeadBucket)
+# The producer's health check (`check_health()`: GetQueueUrl, GetQueueAttributes, HeadBucket)
 # is granted ahead of the code; once it lands, the scan finds these calls itself.
 PRODUCER_HEALTH_CHECK_CALLS = {("sqs", "get_queue_url"), ("sqs", "get_queue_attributes"),
                                ("s3", "head_bucket")}  # fmt: skip
@@ -814,6 +814,7 @@ def checkov_report() -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow  # checkov reads all of terraform/
 def test_checkov_finds_no_failed_checks(checkov_report: dict[str, Any]) -> None:
     summary = checkov_report["summary"]
     failed = [
@@ -831,6 +832,7 @@ def test_checkov_finds_no_failed_checks(checkov_report: dict[str, Any]) -> None:
     assert summary["passed"] >= 100, summary
 
 
+@pytest.mark.slow  # checkov reads all of terraform/
 def test_checkov_skips_are_justified_inline(checkov_report: dict[str, Any]) -> None:
     skipped = checkov_report["results"].get("skipped_checks", [])
     for check in skipped:

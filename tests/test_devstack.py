@@ -10,6 +10,8 @@ import pytest
 from devstack import stack as devstack
 from worker.migrate import bundled_migrations, migrate_url
 
+pytestmark = pytest.mark.slow  # starts an embedded PostgreSQL
+
 
 def test_embedded_postgres_when_none_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/closed")

@@ -29,6 +29,8 @@ from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
 from tests.helpers import eventually, png_alpha, synthetic_scene, unused_port
 
+pytestmark = pytest.mark.slow  # uvicorn, a worker and the sweep as subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_JOBS = Path(sys.executable).parent / "image-jobs"
 

@@ -46,7 +46,7 @@ NVIDIA = "/opt/venv/lib/python3.11/site-packages/nvidia"
 TASK_DEFINITION = REPO / "deploy" / "ecs" / "task-definition.json"
 DRAIN_SECONDS = 30
 # The first test also builds the image (`make test` has built it already: then a cache hit).
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from jobcore.jobs import JobStatus
 from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, synthetic_scene, unused_port, wait_finished
 
+pytestmark = pytest.mark.slow  # a real Prometheus scraping a real worker doing real jobs
+
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "deploy" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
@@ -190,7 +192,7 @@ def test_dashboard_is_an_importable_grafana_10_dashboard() -> None:
             assert target["datasource"] == panel["datasource"], panel["title"]
 
     text = json.dumps(dashboard)
-    # The panels the issue asks for, by the metric each one is built on.
+    # The panels the dashboard must have, by the metric each one is built on.
     for metric in (
         "image_worker_jobs_total",
         "image_worker_end_to_end_seconds_bucket",

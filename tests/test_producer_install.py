@@ -18,6 +18,8 @@ import pytest
 from jobcore.jobs import decode_message
 from tests.conftest import Aws
 
+pytestmark = pytest.mark.slow  # a fresh venv and a pip install
+
 REPO = Path(__file__).resolve().parents[1]
 ML_MODULES = ("rembg", "onnxruntime", "onnx", "numpy", "PIL", "skimage")
 PROJECT_FILES = ("pyproject.toml", "README.md")

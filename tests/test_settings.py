@@ -25,9 +25,9 @@ def test_defaults_are_sane() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("DATABASE_URL", "", "DATABASE_URL is required"),
+        ("DATABASE_URL", "", "DATABASE_URL must be set"),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL must start with"),
-        ("SQS_QUEUE_URL", "", "SQS_QUEUE_URL is required"),
+        ("SQS_QUEUE_URL", "", "SQS_QUEUE_URL must be set"),
         ("SQS_QUEUE_URL", "my-queue", "SQS_QUEUE_URL must start with"),
         ("WORKER_CONCURRENCY", "zero", "WORKER_CONCURRENCY='zero' is not an integer"),
         ("WORKER_CONCURRENCY", "0", "WORKER_CONCURRENCY=0 is out of range"),

@@ -8,8 +8,8 @@ from contextlib import AsyncExitStack
 
 import aioboto3
 import structlog
-from aiobotocore.config import AioConfig
 
+from jobcore.aws import aws_client
 from jobcore.event_outbox import EventPublisher
 from worker.admission import MIB, MemoryAdmission, default_budget_bytes
 from worker.completion_hook import check_completion_hook
@@ -28,16 +28,6 @@ from worker.supervisor import Supervisor
 from worker.watchdog import StuckRunCheck, TimedThreadPool
 
 log = structlog.get_logger(__name__)
-
-
-def aws_config(settings: Settings) -> AioConfig:
-    return AioConfig(
-        region_name=settings.aws_region,
-        connect_timeout=5,
-        read_timeout=settings.wait_time_seconds + 15,  # longer than a long poll
-        retries={"max_attempts": 3, "mode": "standard"},
-        max_pool_connections=max(10, settings.concurrency * 2),
-    )
 
 
 def memory_budget_bytes(settings: Settings) -> int | None:
@@ -123,18 +113,12 @@ class WorkerApp:
                 await check_completion_hook(pool, settings.completion_hook)
 
             session = aioboto3.Session()
-            endpoint = settings.aws_endpoint_url
-            sqs = await stack.enter_async_context(
-                session.client("sqs", endpoint_url=endpoint, config=aws_config(settings))
-            )
-            s3 = await stack.enter_async_context(
-                session.client("s3", endpoint_url=endpoint, config=aws_config(settings))
-            )
+            aws = settings.aws_options()
+            sqs = await stack.enter_async_context(aws_client("sqs", aws, session=session))
+            s3 = await stack.enter_async_context(aws_client("s3", aws, session=session))
             events: WorkerEvents | None = None
             if settings.events_topic_arn is not None:
-                sns = await stack.enter_async_context(
-                    session.client("sns", endpoint_url=endpoint, config=aws_config(settings))
-                )
+                sns = await stack.enter_async_context(aws_client("sns", aws, session=session))
                 publisher = EventPublisher(sns, settings.events_topic_arn)
                 events = WorkerEvents(publisher, pool, self.metrics)
             store = JobStore(

@@ -17,7 +17,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobcore.jobs import MalformedMessage, decode_message, excerpt
-from jobcore.sqs import SQS_BATCH, call_in_batches
+from jobcore.sqs import MAX_VISIBILITY_SECONDS, SQS_BATCH, call_in_batches
 from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
@@ -59,7 +59,6 @@ class Consumer:
         metrics: WorkerMetrics,
         supervisor: Supervisor,
         on_poll: Callable[[bool], None] = lambda ok: None,
-        on_busy: Callable[[bool], None] = lambda busy: None,
     ) -> None:
         self.settings = settings
         self.sqs = sqs
@@ -68,7 +67,6 @@ class Consumer:
         self.metrics = metrics
         self.supervisor = supervisor
         self.on_poll = on_poll
-        self.on_busy = on_busy
         self.in_flight: dict[str, InFlight] = {}
         self._slot_freed = asyncio.Event()
         self._delete_queue: asyncio.Queue[InFlight] = asyncio.Queue()
@@ -149,7 +147,6 @@ class Consumer:
         entry = InFlight(message["MessageId"], message["ReceiptHandle"])
         self.in_flight[entry.message_id] = entry
         self.metrics.in_flight.set(len(self.in_flight))
-        self.on_busy(True)
         entry.task = asyncio.create_task(self._handle(entry, message), name=entry.message_id)
 
     async def _handle(self, entry: InFlight, message: MessageTypeDef) -> None:
@@ -194,7 +191,6 @@ class Consumer:
         self.in_flight.pop(entry.message_id, None)
         self.metrics.in_flight.set(len(self.in_flight))
         self._slot_freed.set()
-        self.on_busy(bool(self.in_flight))
 
     def _delete(self, entry: InFlight) -> None:
         entry.settled = True
@@ -206,7 +202,7 @@ class Consumer:
             await self.sqs.change_message_visibility(
                 QueueUrl=self.settings.queue_url,
                 ReceiptHandle=entry.receipt_handle,
-                VisibilityTimeout=max(0, min(seconds, 43200)),
+                VisibilityTimeout=max(0, min(seconds, MAX_VISIBILITY_SECONDS)),
             )
         except (ClientError, BotoCoreError, OSError) as exc:
             log.warning("could not change visibility; timeout applies", error=str(exc))

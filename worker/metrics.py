@@ -1,5 +1,5 @@
 """Prometheus metrics. One registry per worker instance, so several workers in one process
-(tests) never share counters. Names follow DESIGN.md: `image_worker_` prefix, seconds and
+(tests) never share counters. Names follow docs/architecture.md: `image_worker_` prefix, seconds and
 bytes, `_total` counters."""
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jobcore.aws import aws_client
+from jobcore.checks import Check, CheckResult, run_bounded
 from jobcore.queues import discover_dlq_url, queue_depth
 from worker.settings import Settings
 
@@ -37,13 +38,6 @@ EXIT_FAILED = 3
 CHECK_TIMEOUT_SECONDS = 30.0
 MODEL_TIMEOUT_SECONDS = 600.0  # CUDA initialisation and a first run on a cold GPU
 PROBE_SUFFIX = "_selfcheck.txt"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    name: str
-    problem: str | None  # None: passed
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,68 +49,42 @@ class Targets:
 async def run_checks(settings: Settings, targets: Targets) -> list[CheckResult]:
     import aioboto3
 
-    from worker.app import aws_config
-
     session = aioboto3.Session()
-    endpoint = settings.aws_endpoint_url
+    aws = settings.aws_options()
     async with (
-        session.client("sqs", endpoint_url=endpoint, config=aws_config(settings)) as sqs,
-        session.client("s3", endpoint_url=endpoint, config=aws_config(settings)) as s3,
+        aws_client("sqs", aws, session=session) as sqs,
+        aws_client("s3", aws, session=session) as s3,
     ):
-        checks: list[tuple[str, float, Callable[[], Awaitable[str]]]] = [
-            ("model", MODEL_TIMEOUT_SECONDS, lambda: check_model(settings)),
-            ("database", CHECK_TIMEOUT_SECONDS, lambda: check_database(settings)),
-            ("queue", CHECK_TIMEOUT_SECONDS, lambda: check_queue(sqs, settings.queue_url)),
-            ("dlq", CHECK_TIMEOUT_SECONDS, lambda: check_dlq(sqs, settings.queue_url)),
+        checks = [
+            Check("model", lambda: check_model(settings), MODEL_TIMEOUT_SECONDS),
+            Check("database", lambda: check_database(settings), CHECK_TIMEOUT_SECONDS),
+            Check("queue", lambda: check_queue(sqs, settings.queue_url), CHECK_TIMEOUT_SECONDS),
+            Check("dlq", lambda: check_dlq(sqs, settings.queue_url), CHECK_TIMEOUT_SECONDS),
         ]
         hook = settings.completion_hook
         if hook is not None:
             checks.append(
-                ("completion hook", CHECK_TIMEOUT_SECONDS, lambda: check_hook(settings, hook))
+                Check("completion hook", lambda: check_hook(settings, hook), CHECK_TIMEOUT_SECONDS)
             )
         if targets.source_bucket:
             source = targets.source_bucket
             checks.append(
-                (
+                Check(
                     "source bucket",
-                    CHECK_TIMEOUT_SECONDS,
                     lambda: check_source(s3, source, targets.source_prefix),
+                    CHECK_TIMEOUT_SECONDS,
                 )
             )
         result_bucket = settings.result_bucket or targets.source_bucket
         if result_bucket:
             checks.append(
-                (
+                Check(
                     "result bucket",
-                    CHECK_TIMEOUT_SECONDS,
                     lambda: check_result(s3, result_bucket, settings),
+                    CHECK_TIMEOUT_SECONDS,
                 )
             )
-        return list(await asyncio.gather(*(_bounded(*check) for check in checks)))
-
-
-async def _bounded(name: str, seconds: float, check: Callable[[], Awaitable[str]]) -> CheckResult:
-    try:
-        async with asyncio.timeout(seconds):
-            detail = await check()
-    except TimeoutError:
-        return CheckResult(name, f"no answer within {seconds:g}s")
-    except Exception as exc:  # every failure becomes one readable line
-        return CheckResult(name, _describe(exc))
-    return CheckResult(name, None, detail)
-
-
-def _describe(exc: BaseException) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = error.get("Code") or status or "?"
-        message = error.get("Message") or ""
-        return f"{exc.operation_name}: {code}" + (f" ({message})" if message else "")
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return await run_bounded(checks)
 
 
 async def check_model(settings: Settings) -> str:

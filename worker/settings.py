@@ -6,16 +6,18 @@ once."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobcore.aws import AwsOptions
+from jobcore.env import EnvError, EnvReader
 from jobcore.recipe import MODEL_NAME as MODEL_NAME_PATTERN
 from jobcore.recipe import Recipe, RecipeError
 from jobcore.s3_names import bucket_problem
+from jobcore.sqs import MAX_VISIBILITY_SECONDS
 from worker.completion_hook import hook_name_problem
 
 EXECUTION_PROVIDERS = ("auto", "cuda", "cpu")
@@ -23,10 +25,8 @@ LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-class SettingsError(ValueError):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
-        self.problems = problems
+class SettingsError(EnvError):
+    """The worker's settings problems, one line each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,21 +81,37 @@ class Settings:
     completion_hook: str | None = None  # a PostgreSQL function run in the completing transaction
     events_topic_arn: str | None = None  # SNS topic for job-finished events; None: no events
 
+    def aws_options(self) -> AwsOptions:
+        """The worker's AWS clients: a read timeout longer than a long poll, a connection per
+        held message and then some."""
+        return AwsOptions(
+            region=self.aws_region,
+            endpoint_url=self.aws_endpoint_url,
+            connect_timeout=5.0,
+            read_timeout=self.wait_time_seconds + 15.0,
+            max_attempts=3,
+            max_pool_connections=max(10, self.concurrency * 2),
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        reader = _Reader(os.environ if environ is None else environ)
+        reader = _Reader(environ)
         concurrency = reader.integer("WORKER_CONCURRENCY", 4, low=1, high=256)
-        visibility = reader.integer("VISIBILITY_TIMEOUT_SECONDS", 60, low=2, high=43200)
-        heartbeat = reader.number("HEARTBEAT_INTERVAL_SECONDS", visibility / 3, low=0.5)
+        visibility = reader.integer(
+            "VISIBILITY_TIMEOUT_SECONDS", 60, low=2, high=MAX_VISIBILITY_SECONDS
+        )
+        heartbeat = reader.duration("HEARTBEAT_INTERVAL_SECONDS", visibility / 3, low=0.5)
         if heartbeat >= visibility:
-            reader.problems.append(
+            reader.problem(
                 f"HEARTBEAT_INTERVAL_SECONDS={heartbeat:g} must be shorter than "
                 f"VISIBILITY_TIMEOUT_SECONDS={visibility}"
             )
-        job_timeout = reader.number("JOB_TIMEOUT_SECONDS", 300.0, low=1.0, high=43200)
-        model_run_max = reader.number("MODEL_RUN_MAX_SECONDS", 3 * job_timeout, low=1.0)
+        job_timeout = reader.duration(
+            "JOB_TIMEOUT_SECONDS", 300.0, low=1.0, high=MAX_VISIBILITY_SECONDS
+        )
+        model_run_max = reader.duration("MODEL_RUN_MAX_SECONDS", 3 * job_timeout, low=1.0)
         if model_run_max <= job_timeout:
-            reader.problems.append(
+            reader.problem(
                 f"MODEL_RUN_MAX_SECONDS={model_run_max:g} must be longer than "
                 f"JOB_TIMEOUT_SECONDS={job_timeout:g}"
             )
@@ -142,18 +158,20 @@ class Settings:
             wait_time_seconds=reader.integer("WAIT_TIME_SECONDS", 20, low=0, high=20),
             visibility_timeout_seconds=visibility,
             heartbeat_interval_seconds=heartbeat,
-            backoff_base_seconds=reader.number("BACKOFF_BASE_SECONDS", 2.0, low=0.0),
-            backoff_max_seconds=reader.number("BACKOFF_MAX_SECONDS", 300.0, low=0.0, high=43200),
-            drain_seconds=reader.number("DRAIN_SECONDS", 90.0, low=0.0, high=3600),
+            backoff_base_seconds=reader.duration("BACKOFF_BASE_SECONDS", 2.0),
+            backoff_max_seconds=reader.duration(
+                "BACKOFF_MAX_SECONDS", 300.0, high=MAX_VISIBILITY_SECONDS
+            ),
+            drain_seconds=reader.duration("DRAIN_SECONDS", 90.0, high=3600),
             job_timeout_seconds=job_timeout,
             model_run_max_seconds=model_run_max,
             metrics_host=reader.text("METRICS_HOST", "0.0.0.0"),  # noqa: S104 - scraped in-VPC
             metrics_port=reader.integer("METRICS_PORT", 9100, low=0, high=65535),
-            health_stale_seconds=reader.number("HEALTH_STALE_SECONDS", 90.0, low=1.0),
+            health_stale_seconds=reader.duration("HEALTH_STALE_SECONDS", 90.0, low=1.0),
             db_pool_size=reader.integer("DB_POOL_SIZE", concurrency + 2, low=1, high=500),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS),
-            queue_stats_interval_seconds=reader.number(
+            queue_stats_interval_seconds=reader.duration(
                 "QUEUE_STATS_INTERVAL_SECONDS", 30.0, low=0.5, high=3600
             ),
             db_auth_failure_limit=reader.integer("DB_AUTH_FAILURE_LIMIT", 3, low=1, high=1000),
@@ -172,71 +190,40 @@ class Settings:
                 else reader.integer("MEMORY_BUDGET_MB", 0, low=0, high=16 * 1024 * 1024)
             ),
         )
-        if reader.problems:
-            raise SettingsError(reader.problems)
+        reader.check(SettingsError)
         return settings
 
 
-def _source_buckets(reader: _Reader) -> frozenset[str]:
+def _source_buckets(reader: EnvReader) -> frozenset[str]:
     """SOURCE_BUCKETS: a comma-separated allowlist of the buckets jobs may read from."""
     names = frozenset(n.strip() for n in reader.text("SOURCE_BUCKETS", "").split(",") if n.strip())
     for name in sorted(names):
         if (problem := bucket_problem(name)) is not None:
-            reader.problems.append(f"SOURCE_BUCKETS: {problem}")
+            reader.problem(f"SOURCE_BUCKETS: {problem}")
     return names
 
 
-class _Reader:
-    """Parses variables, collecting problems instead of stopping at the first."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-
-    def _raw(self, name: str) -> str | None:
-        value = self.environ.get(name)
-        return value.strip() if value is not None and value.strip() != "" else None
-
-    def required(self, name: str, *, prefix: tuple[str, ...] = ()) -> str:
-        value = self._raw(name)
-        if value is None:
-            self.problems.append(f"{name} is required but not set")
-            return ""
-        return self._check_prefix(name, value, prefix)
-
-    def optional(self, name: str, *, prefix: tuple[str, ...] = ()) -> str | None:
-        value = self._raw(name)
-        return None if value is None else self._check_prefix(name, value, prefix)
-
-    def _check_prefix(self, name: str, value: str, prefix: tuple[str, ...]) -> str:
-        if prefix and not value.startswith(prefix):
-            self.problems.append(f"{name} must start with {' or '.join(prefix)}")
-        return value
+class _Reader(EnvReader):
+    """The environment reader, with the worker's own kinds of value."""
 
     def completion_hook(self, name: str) -> str | None:
-        value = self._raw(name)
+        value = self.raw(name)
         if value is None:
             return None
         problem = hook_name_problem(value)
         if problem is not None:
-            self.problems.append(problem)
+            self.problem(problem)
             return None
         return value
-
-    def is_set(self, name: str) -> bool:
-        return self._raw(name) is not None
-
-    def text(self, name: str, default: str) -> str:
-        return self._raw(name) or default
 
     def recipe(self, name: str, model_variable: str) -> Recipe:
         """The recipe for rows without one. Without DEFAULT_RECIPE it is `Recipe(model=MODEL_NAME)`;
         a DEFAULT_RECIPE without a `model` key takes MODEL_NAME; with both set they must agree."""
-        model = self._raw(model_variable)
+        model = self.raw(model_variable)
         if model is not None and not MODEL_NAME_PATTERN.match(model):
-            self.problems.append(f"{model_variable}={model!r} is not a model name")
+            self.problem(f"{model_variable}={model!r} is not a model name")
             model = None
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return Recipe(model=model or "u2netp")
         try:
@@ -245,29 +232,29 @@ class _Reader:
                 data = {**data, "model": model}
             recipe = Recipe.from_json(data)
         except (json.JSONDecodeError, RecipeError, TypeError) as exc:
-            self.problems.append(f"{name} is not a valid recipe: {exc}")
+            self.problem(f"{name} is not a valid recipe: {exc}")
             return Recipe(model=model or "u2netp")
         if model is not None and recipe.model != model:
-            self.problems.append(
+            self.problem(
                 f"{name} has model {recipe.model!r} but {model_variable}={model!r}: "
                 f"set one of them, or the same model in both"
             )
         return recipe
 
     def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return default
         names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
         for item in names:
             if not MODEL_NAME_PATTERN.match(item):
-                self.problems.append(f"{name}: {item!r} is not a model name")
+                self.problem(f"{name}: {item!r} is not a model name")
                 return default
         return names
 
     def custom_models(self, name: str) -> tuple[tuple[str, Path], ...]:
         """`name=/path/model.onnx,...`: ONNX files run as u2net-family models."""
-        raw = self._raw(name)
+        raw = self.raw(name)
         if raw is None:
             return ()
         found: dict[str, Path] = {}
@@ -275,70 +262,9 @@ class _Reader:
             model, sep, path = part.partition("=")
             model, path = model.strip(), path.strip()
             if not sep or not MODEL_NAME_PATTERN.match(model) or not path:
-                self.problems.append(f"{name}: {part!r} is not name=/path/model.onnx")
+                self.problem(f"{name}: {part!r} is not name=/path/model.onnx")
                 continue
             if model in found:
-                self.problems.append(f"{name}: {model!r} is named twice")
+                self.problem(f"{name}: {model!r} is named twice")
             found[model] = Path(path).expanduser()
         return tuple(found.items())
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = (self._raw(name) or default).lower()
-        if value not in choices:
-            self.problems.append(f"{name}={value!r} is not one of {', '.join(choices)}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._raw(name)
-        if value is None:
-            return default
-        lowered = value.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        self.problems.append(f"{name}={value!r} is not a boolean (true/false/1/0)")
-        return default
-
-    def integer(
-        self, name: str, default: int, *, low: int | None = None, high: int | None = None
-    ) -> int:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            self.problems.append(f"{name}={raw!r} is not an integer")
-            return default
-        return value if self._in_range(name, raw, value, low, high) else default
-
-    def number(
-        self, name: str, default: float, *, low: float | None = None, high: float | None = None
-    ) -> float:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            self.problems.append(f"{name}={raw!r} is not a number")
-            return default
-        return value if self._in_range(name, raw, value, low, high) else default
-
-    def _in_range(
-        self, name: str, raw: str, value: float, low: float | None, high: float | None
-    ) -> bool:
-        if (low is None or value >= low) and (high is None or value <= high):
-            return True
-        if high is None:
-            bounds = f"at least {low}"
-        elif low is None:
-            bounds = f"at most {high}"
-        else:
-            bounds = f"between {low} and {high}"
-        self.problems.append(f"{name}={raw} is out of range: must be {bounds}")
-        return False

@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from jobcore.aws import AwsOptions, sync_aws_client
+from jobcore.env import EnvError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "task-definition.json"
@@ -53,6 +55,7 @@ EXIT_FAILED = 1
 # revision when a deploy started): a rollback to it needs no selfcheck.
 ROLLED_OUT_TAG = "image-worker:rolled-out"
 SWEEP_SUFFIX = "-sweep"
+T = TypeVar("T")
 
 
 class DeployError(RuntimeError):
@@ -352,14 +355,13 @@ class RolloutFailed(DeployError):
 
 
 def _client(service: str, region: str | None) -> Any:
-    import boto3
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip() or None
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
+    try:
+        options = AwsOptions.from_env(region=region)
+    except EnvError as exc:
+        raise DeployError("; ".join(exc.problems)) from None
+    if not options.region:
         raise DeployError("no AWS region: pass --region, AWS_REGION in --vars, or set AWS_REGION")
-    make: Any = boto3.client  # a service chosen at run time (the stubs type each literal)
-    return make(service, endpoint_url=endpoint, region_name=region)
+    return sync_aws_client(service, options)
 
 
 def _describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
@@ -467,6 +469,31 @@ def _worker_image(task: Mapping[str, Any], container: str) -> str:
     raise DeployError(f"the task definition has no container named {container!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    problem: str | None  # None: it went well
+
+
+def poll_until(
+    probe: Callable[[], T | None],
+    timeout: float,
+    delay: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T | None:
+    """Call `probe` every `delay` seconds until it returns something other than None, and return
+    that; None once `timeout` seconds have passed (the last probe is made at or after it)."""
+    deadline = clock() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if clock() >= deadline:
+            return None
+        sleep(delay)
+
+
 def wait_for_rollout(
     ecs: Any,
     cluster: str,
@@ -479,12 +506,13 @@ def wait_for_rollout(
 ) -> str | None:
     """None once the service's PRIMARY deployment of `target` is COMPLETED; otherwise why not
     (FAILED, replaced by a circuit-breaker rollback, or still IN_PROGRESS at the timeout)."""
-    deadline = clock() + timing.timeout
     state = "no deployment yet"
-    while True:
+
+    def finished() -> Finished | None:
+        nonlocal state
         described = _describe_service(ecs, cluster, service)
         if described.get("taskDefinition") != target:
-            return (
+            return Finished(
                 f"the service moved to {described.get('taskDefinition')} "
                 "(the deployment circuit breaker rolled back)"
             )
@@ -494,12 +522,15 @@ def wait_for_rollout(
             reason = str(primary[0].get("rolloutStateReason", "")).strip()
             state = f"rollout {rollout or 'state unknown'}" + (f": {reason}" if reason else "")
             if rollout == "COMPLETED":
-                return None
+                return Finished(None)
             if rollout == "FAILED":
-                return state
-        if clock() >= deadline:
-            return f"not COMPLETED within {timing.timeout:g}s ({state})"
-        sleep(timing.delay)
+                return Finished(state)
+        return None
+
+    outcome = poll_until(finished, timing.timeout, timing.delay, sleep=sleep, clock=clock)
+    if outcome is None:
+        return f"not COMPLETED within {timing.timeout:g}s ({state})"
+    return outcome.problem
 
 
 def run_selfcheck(
@@ -515,6 +546,39 @@ def run_selfcheck(
 ) -> None:
     """Run the revision once, placed like the service's tasks, as `image-worker selfcheck`;
     raise DeployError unless its container exits 0 within timing.selfcheck_timeout."""
+    task_arn = start_selfcheck(ecs, cluster, service, task_definition_arn, selfcheck)
+
+    def stopped() -> Mapping[str, Any] | None:
+        described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn]).get("tasks", [])
+        if described and described[0].get("lastStatus") == "STOPPED":
+            return dict[str, Any](described[0])
+        return None
+
+    task = poll_until(stopped, timing.selfcheck_timeout, timing.delay, sleep=sleep, clock=clock)
+    if task is None:
+        ecs.stop_task(cluster=cluster, task=task_arn, reason="deploy selfcheck timed out")
+        raise DeployError(
+            f"selfcheck of {task_definition_arn} did not finish within "
+            f"{timing.selfcheck_timeout:g}s (task {task_arn} stopped); the service was not "
+            "changed"
+        )
+    problem = selfcheck_problem(task, selfcheck.container)
+    if problem is not None:
+        raise DeployError(
+            f"selfcheck of {task_definition_arn} failed: {problem}; the service was "
+            "not changed (the task's log stream has one line per failing check)"
+        )
+    print(f"selfcheck {task_arn} passed", file=sys.stderr)
+
+
+def start_selfcheck(
+    ecs: Any,
+    cluster: str,
+    service: Mapping[str, Any],
+    task_definition_arn: str,
+    selfcheck: Selfcheck,
+) -> str:
+    """Start the one-off selfcheck task, placed like the service's tasks; its ARN."""
     placement: dict[str, Any] = {}
     if service.get("capacityProviderStrategy"):
         placement["capacityProviderStrategy"] = service["capacityProviderStrategy"]
@@ -537,26 +601,7 @@ def run_selfcheck(
         raise DeployError(f"selfcheck of {task_definition_arn} could not start: {reasons}")
     task_arn = str(started["tasks"][0]["taskArn"])
     print(f"selfcheck {task_arn} started", file=sys.stderr)
-    deadline = clock() + timing.selfcheck_timeout
-    while True:
-        described = ecs.describe_tasks(cluster=cluster, tasks=[task_arn]).get("tasks", [])
-        if described and described[0].get("lastStatus") == "STOPPED":
-            problem = selfcheck_problem(described[0], selfcheck.container)
-            if problem is not None:
-                raise DeployError(
-                    f"selfcheck of {task_definition_arn} failed: {problem}; the service was "
-                    "not changed (the task's log stream has one line per failing check)"
-                )
-            print(f"selfcheck {task_arn} passed", file=sys.stderr)
-            return
-        if clock() >= deadline:
-            ecs.stop_task(cluster=cluster, task=task_arn, reason="deploy selfcheck timed out")
-            raise DeployError(
-                f"selfcheck of {task_definition_arn} did not finish within "
-                f"{timing.selfcheck_timeout:g}s (task {task_arn} stopped); the service was not "
-                "changed"
-            )
-        sleep(timing.delay)
+    return task_arn
 
 
 def selfcheck_problem(task: Mapping[str, Any], container_name: str) -> str | None:
