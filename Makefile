@@ -131,14 +131,14 @@ lock: $(UV)
 	$(LOCK) requirements/image-build.in -o requirements/image-build.lock
 
 bench: install
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python -m bench.throughput
 
 ## Autoscaling simulator: the Terraform policy before/after, on GPU and CPU (under a minute), and
 ## one chart per load profile in bench/results/ (docs/images/ holds the ones the docs show).
 .PHONY: bench-scaling
 bench-scaling: $(BIN)/image-worker
-	$(BIN)/python bench/scaling.py --compute gpu --charts bench/results
-	$(BIN)/python bench/scaling.py --compute cpu --charts bench/results
+	$(BIN)/python -m bench.scaling --compute gpu --charts bench/results
+	$(BIN)/python -m bench.scaling --compute cpu --charts bench/results
 
 clean:
 	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@ isolation on the benchmark's photos, against the plain `rembg.remove` loop; and 
 the machine's cores put on throughput. CPU time, unlike wall time, barely moves when other work
 shares the cores.
 
-    .venv/bin/python bench/cpu_budget.py [--images 30] [--run bench/results/throughput.json]
+    .venv/bin/python -m bench.cpu_budget [--images 30] [--run bench/results/throughput.json]
 
 With the results of a bench/throughput.py run (read by default when present), the CPU seconds
 per job it measured (worker, moto and bench driver, PostgreSQL) are set beside the stages: the
@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.throughput import MODEL_HOME, make_photos
+from worker import imaging
+from worker.inference import ModelRunner
+from worker.matting import matte
+from worker.settings import Settings
 
-from bench.throughput import MODEL_HOME, make_photos  # noqa: E402
-from worker import imaging  # noqa: E402
-from worker.inference import ModelRunner  # noqa: E402
-from worker.matting import matte  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
 

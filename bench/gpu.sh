@@ -16,7 +16,12 @@ python3 -m venv "$VENV"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$VENV/bin/python" -c 'import onnxruntime as ort; print("onnxruntime", ort.__version__, ort.get_available_providers())'
 
-"$VENV/bin/python" bench/throughput.py --images "${IMAGES:-200}" --jobs "${JOBS:-1000}" \
-  --env EXECUTION_PROVIDER=cuda --env REQUIRE_GPU=true \
-  --env WORKER_CONCURRENCY="${CONCURRENCY:-16}" --env BATCH_SIZE="${BATCH_SIZE:-8}" \
-  --env BATCH_WAIT_MS=5 --env CPU_THREADS="$(nproc)" "$@"
+GPU_ENV=(--env EXECUTION_PROVIDER=cuda --env REQUIRE_GPU=true
+  --env WORKER_CONCURRENCY="${CONCURRENCY:-16}" --env BATCH_SIZE="${BATCH_SIZE:-8}"
+  --env BATCH_WAIT_MS=5 --env CPU_THREADS="$(nproc)")
+# The default recipe (a transparent cut-out), then the seed's (matting, auto background, 300 px
+# thumbnail): its baseline is rembg's own matting loop, seconds per photo, so fewer photos.
+"$VENV/bin/python" -m bench.throughput --images "${IMAGES:-200}" --jobs "${JOBS:-1000}" \
+  "${GPU_ENV[@]}" "$@"
+"$VENV/bin/python" -m bench.throughput --recipe seed --images "${SEED_IMAGES:-16}" \
+  "${GPU_ENV[@]}" "$@"

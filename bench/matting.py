@@ -4,7 +4,7 @@ CPU ms per image of both, the peak RSS each adds, and how far the worker's alpha
 (mean and 99th percentile of |difference| over all pixels, in 1/255), beside the same figures
 for the model's mask alone (no matting).
 
-    .venv/bin/python bench/matting.py [--photos 16]
+    .venv/bin/python -m bench.matting [--photos 16]
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.throughput import MODEL_HOME, make_photos
+from worker import imaging
+from worker.inference import ModelRunner
+from worker.matting import matte, trimap
+from worker.settings import Settings
 
-from bench.throughput import MODEL_HOME, make_photos  # noqa: E402
-from worker import imaging  # noqa: E402
-from worker.inference import ModelRunner  # noqa: E402
-from worker.matting import matte, trimap  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
 

@@ -9,7 +9,7 @@ Runs: one 64 MP job per input mode (the per-mode peak), then four 64 MP float32 
 the cgroup limit). `--tree DIR` runs the worker from another checkout (e.g. `git archive main`
 unpacked) for a before/after in the same session. Needs root (cgroup directories).
 
-    .venv/bin/python bench/memory_admission.py [--limit-mib 4096] [--tree DIR] [--only modes|four]
+    .venv/bin/python -m bench.memory_admission [--limit-mib 4096] [--tree DIR] [--only modes|four]
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import asyncpg
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from devstack.stack import (  # noqa: E402
+from devstack.probes import unused_port
+from devstack.scenes import synthetic_scene
+from devstack.stack import (
     FAKE_CREDENTIALS,
     create_queue_pair,
     drop_database,
@@ -45,9 +44,10 @@ from devstack.stack import (  # noqa: E402
     postgres_server,
     recreate_database,
 )
-from jobcore.jobs import encode_message  # noqa: E402
-from tests.helpers import synthetic_scene, unused_port  # noqa: E402
-from worker.migrate import migrate_url  # noqa: E402
+from jobcore.jobs import encode_message
+from worker.migrate import migrate_url
+
+REPO = Path(__file__).resolve().parents[1]
 
 SIDE = 8000  # 64,000,000 pixels: MAX_IMAGE_PIXELS's default, the largest input accepted
 MIB = 1 << 20

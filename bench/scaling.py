@@ -27,7 +27,7 @@ What is modelled from AWS's documented behaviour (not configurable in Terraform)
 - Deploys: deploy.py's selfcheck needs an instance no service task holds; then ECS's rolling
   update, whose new tasks on an instance an old task left pull only the layers that changed.
 
-    .venv/bin/python bench/scaling.py [--compute gpu|cpu] [--metric-delay 120] [--charts DIR]
+    .venv/bin/python -m bench.scaling [--compute gpu|cpu] [--metric-delay 120] [--charts DIR]
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere: the repo's tools package
+from tools.terraform_hcl import parse_hcl
 
-from tools.terraform_hcl import parse_hcl  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The policy before the backlog-per-task fix (visible / RUNNING tasks; +1 from zero; 60-minute
 # renewed task protection): terraform/ at commit 0197c11, kept as files (no git history needed).

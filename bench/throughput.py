@@ -12,8 +12,8 @@ sides' images/s, CPU and peak RSS, the alpha error of the worker's matting again
 (mean and p99 over all pixels), how far the worker's output pixels are from the loop's, and the
 cost per 1000 images on Fargate beside the seed's Lambda.
 
-    .venv/bin/python bench/throughput.py [--images 200] [--jobs 1000] [--env KEY=VALUE ...]
-    .venv/bin/python bench/throughput.py --recipe seed [--images 20] [--jobs 20]
+    .venv/bin/python -m bench.throughput [--images 200] [--jobs 1000] [--env KEY=VALUE ...]
+    .venv/bin/python -m bench.throughput --recipe seed [--images 20] [--jobs 20]
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from api_client.client import JobClient
+from api_client.creation import NewJob
+from api_client.settings import ClientSettings
+from devstack.probes import scrape
+from devstack.scenes import synthetic_scene
+from devstack.stack import moto_server, postgres_server, provision, sample_photos
+from jobcore.jobs import encode_message
+from jobcore.recipe import Recipe
+from jobcore.sqs import call_in_batches
 
-from api_client.client import JobClient  # noqa: E402
-from api_client.creation import NewJob  # noqa: E402
-from api_client.settings import ClientSettings  # noqa: E402
-from devstack.stack import moto_server, postgres_server, provision, sample_photos  # noqa: E402
-from jobcore.jobs import encode_message  # noqa: E402
-from jobcore.recipe import Recipe  # noqa: E402
-from jobcore.sqs import call_in_batches  # noqa: E402
-from tests.helpers import scrape, synthetic_scene  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SIZE = (1600, 1200)
 COUNT = "image_worker_stage_duration_seconds_count"

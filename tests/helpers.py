@@ -1,21 +1,22 @@
-"""Test helpers: waiting on conditions with a deadline, reading metrics, synthetic scenes."""
+"""Test helpers: waiting on conditions with a deadline; the local stack's scenes and probes
+(`devstack.scenes`, `devstack.probes`) under the names the tests use."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-import aiohttp
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
-from prometheus_client.parser import text_string_to_metric_families
+from PIL import Image
 
 from api_client.client import JobClient
+from devstack.probes import scrape, unused_port
+from devstack.scenes import synthetic_scene
 from jobcore.jobs import Job
 
 T = TypeVar("T")
@@ -49,43 +50,6 @@ async def wait_finished(
     return await eventually(probe, timeout=timeout, interval=0.25)
 
 
-async def scrape(url: str) -> dict[str, float]:
-    """Every sample of /metrics as {'name{label="v",...}': value}."""
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
-
-
-def synthetic_scene(
-    size: tuple[int, int] = (640, 480),
-    *,
-    seed: int = 0,
-    box: tuple[float, float, float, float] = (0.3, 0.2, 0.7, 0.85),
-) -> tuple[bytes, np.ndarray]:
-    """A product-photo-like scene: one solid, shaded object on a plain light backdrop.
-    Returns JPEG bytes and the true foreground mask (bool, H x W)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    backdrop = Image.new("RGB", size, (236, 234, 228))
-    truth = Image.new("L", size, 0)
-    corners = (int(width * box[0]), int(height * box[1]), int(width * box[2]), int(height * box[3]))
-    ImageDraw.Draw(truth).rounded_rectangle(corners, radius=min(width, height) // 12, fill=255)
-    colour = tuple(int(c) for c in rng.integers(30, 140, size=3))
-    shaded = Image.new("RGB", size, colour)
-    gradient = Image.linear_gradient("L").resize(size).filter(ImageFilter.GaussianBlur(4))
-    shaded = Image.composite(shaded, Image.eval(shaded, lambda v: min(255, v + 60)), gradient)
-    backdrop.paste(shaded, mask=truth)
-    buffer = io.BytesIO()
-    backdrop.save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue(), np.asarray(truth) > 127
-
-
 def iou(alpha: np.ndarray, truth: np.ndarray, threshold: int = 128) -> float:
     predicted = alpha >= threshold
     union = np.logical_or(predicted, truth).sum()
@@ -99,14 +63,6 @@ def png_alpha(data: bytes) -> tuple[Image.Image, np.ndarray]:
     return image, np.asarray(image.getchannel("A"))
 
 
-def unused_port() -> int:
-    """A loopback port nobody listens on now: to bind a server to, or to find nothing at."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 CONTRACT_OUTPUT_FIELDS = ("name", "bucket", "key", "content_type")
 
 
@@ -114,3 +70,41 @@ def contract_fields(outputs: list[dict[str, Any]] | None) -> list[dict[str, Any]
     """`outputs` entries cut to the fields every writer records (the worker adds width, height
     and bytes), for comparing with `single_output`."""
     return [{field: output[field] for field in CONTRACT_OUTPUT_FIELDS} for output in outputs or []]
+
+
+class _AskedEnvironment(dict[str, str]):
+    """An empty environment that records every name a settings reader looks up in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def setting_names(*readers: Callable[[Mapping[str, str]], object]) -> set[str]:
+    """The environment variables these settings classes read (`Settings.from_env` ...), asked of
+    an empty environment: every reader reports all its problems at once, so it asks every name."""
+    names: set[str] = set()
+    for read in readers:
+        environ = _AskedEnvironment()
+        with contextlib.suppress(ValueError):  # required settings missing: expected here
+            read(environ)
+        names |= environ.asked
+    return names
+
+
+__all__ = [
+    "CONTRACT_OUTPUT_FIELDS",
+    "contract_fields",
+    "eventually",
+    "iou",
+    "png_alpha",
+    "scrape",
+    "setting_names",
+    "synthetic_scene",
+    "unused_port",
+    "wait_finished",
+]

@@ -18,10 +18,6 @@ SHIPPED = {"worker", "api_client", "jobcore"}
 COMPOSITION_ROOTS = {"worker.app": {"worker.cli", "devstack.__main__"}}
 
 # Known violations, each named, to be removed when fixed (a stale one fails too).
-KNOWN_VIOLATIONS = {
-    ("bench", "tests"): "bench/throughput.py takes scrape and synthetic_scene from tests.helpers",
-}
-
 Edge = tuple[str, str]
 
 
@@ -80,11 +76,7 @@ def drawn_edges() -> set[Edge]:
 
 def test_every_import_between_packages_is_drawn_in_the_architecture_doc() -> None:
     drawn, actual = drawn_edges(), actual_edges()
-    undrawn = {
-        edge: where
-        for edge, where in actual.items()
-        if edge not in drawn and edge not in KNOWN_VIOLATIONS
-    }
+    undrawn = {edge: where for edge, where in actual.items() if edge not in drawn}
     assert not undrawn, "imports the graph does not allow:\n" + "\n".join(
         line for where in undrawn.values() for line in where
     )
@@ -101,12 +93,6 @@ def test_the_graph_keeps_its_rules() -> None:
         assert target in PACKAGES, f"{source} --> {target}: not a package of this repository"
         if source in SHIPPED:
             assert target in SHIPPED, f"shipped {source} may not import {target}, which never ships"
-
-
-def test_known_violations_are_still_there() -> None:
-    actual = actual_edges()
-    fixed = [edge for edge in KNOWN_VIOLATIONS if edge not in actual]
-    assert not fixed, f"fixed, remove from KNOWN_VIOLATIONS: {fixed}"
 
 
 def test_no_module_imports_another_modules_private_names() -> None:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import setting_names
+from worker.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 PYPROJECT = REPO / "pyproject.toml"
@@ -186,8 +189,7 @@ def test_model_is_baked_in_and_the_runtime_is_non_root() -> None:
 
 
 def test_image_env_names_are_worker_settings() -> None:
-    source = (REPO / "worker" / "settings.py").read_text()
-    settings = set(re.findall(r"reader\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", source)) | {"U2NET_HOME"}
+    settings = setting_names(Settings.from_env) | {"U2NET_HOME"}
     system = {
         "PATH", "HOME", "VIRTUAL_ENV", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
         "NUMBA_CACHE_DIR", "NUMBA_CPU_NAME", "DEBIAN_FRONTEND", "PIP_NO_CACHE_DIR",
@@ -242,8 +244,7 @@ def test_cuda_wheels_are_a_layer_of_their_own_below_the_other_dependencies() -> 
     assert "--no-deps --require-hashes" in cuda_install[1]
     assert "/tmp/cuda.lock" in cuda_install[1]
     assert own[copies[1]] == ("COPY", "requirements/image-gpu.lock /tmp/requirements.lock")
-    sys.path.insert(0, str(REPO / "deploy" / "image"))
-    from split_lock import split
+    from deploy.image.split_lock import split
 
     # The two halves are exactly a split of the full lock `make lock` compiles (same header).
     joined = (REPO / "requirements" / "image-cuda.lock").read_text() + (

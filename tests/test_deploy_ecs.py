@@ -23,6 +23,8 @@ from botocore.validate import validate_parameters
 
 from deploy.ecs.deploy import DeployError, render
 from devstack.stack import FAKE_CREDENTIALS, moto_server
+from tests.helpers import setting_names
+from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "123456789012"
@@ -70,11 +72,6 @@ TEMPLATE_VARS: dict[str, Any] = {
 }
 
 
-def settings_names() -> set[str]:
-    source = (REPO / "worker" / "settings.py").read_text()
-    return set(re.findall(r"reader\.\w+\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
-
-
 def register_shape() -> Any:
     model = botocore.session.get_session().get_service_model("ecs")
     return model.operation_model("RegisterTaskDefinition").input_shape
@@ -104,7 +101,8 @@ def test_rendered_task_definition_validates_against_the_ecs_model() -> None:
 def test_rendered_environment_names_are_worker_settings() -> None:
     container = worker_container(render("v1", TEMPLATE_VARS))
     env = {item["name"]: item["value"] for item in container["environment"]}
-    assert set(env) <= settings_names(), sorted(set(env) - settings_names())
+    names = setting_names(Settings.from_env)
+    assert set(env) <= names, sorted(set(env) - names)
     assert all(isinstance(value, str) for value in env.values())
     assert env["MAX_ATTEMPTS"] == "5"
     assert env["REQUIRE_GPU"] == "true"

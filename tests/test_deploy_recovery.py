@@ -20,6 +20,7 @@ from api_client.client import ClientSettings, JobClient
 from api_client.recovery import EMF_NAMESPACE, SweepReport, SweepSettings
 from jobcore.recovery_queries import UnsentBacklog
 from tests.conftest import Aws
+from tests.helpers import setting_names
 from tests.test_deploy_terraform import Module, _resolve, _statements, block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,16 +124,8 @@ def test_the_task_runs_image_jobs_sweep_with_the_sweep_image_and_its_own_databas
     )
 
 
-def producer_setting_names() -> set[str]:
-    read = re.compile(r'reader\.\w+\(\s*"(\w+)"')  # jobcore.env.EnvReader's calls
-    names: set[str] = set()
-    for path in (REPO / "api_client" / "settings.py", REPO / "api_client" / "recovery.py"):
-        names |= set(read.findall(path.read_text()))
-    return names
-
-
 def test_environment_names_are_the_producers_settings(module: Module) -> None:
-    names = producer_setting_names()
+    names = setting_names(ClientSettings.from_env, SweepSettings.from_env)
     assert {"SQS_QUEUE_URL", "DATABASE_URL", "SWEEP_GRACE_SECONDS", "SWEEP_MAX_PER_SECOND"} <= names
     merged = module.locals["recovery_environment"]
     assert merged.startswith("${merge(local.database_environment, {")

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import setting_names
 from tools.terraform_hcl import load_hcl
+from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -85,15 +87,6 @@ def module() -> Module:
 # ---------------------------------------------------------------------------------------------
 # What the worker actually reads and calls
 # ---------------------------------------------------------------------------------------------
-def worker_settings_names() -> set[str]:
-    """Environment names read by worker/settings.py (`reader.<kind>("NAME"` calls)."""
-    source = (REPO / "worker" / "settings.py").read_text()
-    calls = re.findall(r"reader\.\w+\(([^)]*)\)", source)
-    names = {name for args in calls for name in re.findall(r"\"([A-Z][A-Z0-9_]*)\"", args)}
-    assert {"SQS_QUEUE_URL", "DATABASE_URL", "MAX_ATTEMPTS"} <= names, names
-    return names
-
-
 def worker_sqs_calls() -> set[str]:
     """`sqs.<method>(` calls in worker/*.py and in the jobcore modules the worker imports (the
     daemon; the dev stack's queue setup lives outside both)."""
@@ -311,7 +304,7 @@ def test_fargate_option_runs_the_cpu_build_with_the_same_queue_and_scaling(
 
 
 def test_container_environment_names_are_worker_settings(module: Module) -> None:
-    settings = worker_settings_names()
+    settings = setting_names(Settings.from_env)
     managed = module.locals["worker_environment_managed"]
     assert set(managed) <= settings, f"not worker settings: {sorted(set(managed) - settings)}"
     for name in ("SQS_QUEUE_URL", "RESULT_BUCKET", "RESULT_PREFIX", "WORKER_CONCURRENCY",

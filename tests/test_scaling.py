@@ -7,17 +7,15 @@ with room for its selfcheck, within deploy.py's rollout wait."""
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import hcl2
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench import scaling
 
-import scaling  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def defaults() -> dict[str, Any]:
