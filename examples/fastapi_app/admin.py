@@ -20,12 +20,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from api_client import JobClient
+from api_client import Job, JobClient, JobStatus
 from examples.fastapi_app import operations
 from examples.fastapi_app.errors import SERVICE_ERRORS, unavailable
 from examples.fastapi_app.operations import OPEN, Outcome
-from jobcore.jobs import Job, JobStatus
-from jobcore.recipe import Recipe
 
 log = structlog.get_logger(__name__)
 
@@ -107,15 +105,17 @@ async def job_row(jobs: JobClient, job: Job) -> JobRow:
     cutout_url = None
     if job.status is JobStatus.COMPLETED:
         cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)  # type: ignore[attr-defined]
-    recipe = recipe_summary(job.recipe)
+    recipe = recipe_summary(job)
     return JobRow(job, source_url, cutout_url, recipe, job.status in OPEN)
 
 
-def recipe_summary(recipe: Recipe | None) -> str:
-    """The fields that differ from the defaults, as JSON; "default recipe" when none do."""
+def recipe_summary(job: Job) -> str:
+    """The recipe's fields that differ from the defaults, as JSON; "default recipe" when none
+    do."""
+    recipe = job.recipe
     if recipe is None:
         return "default recipe"
-    defaults = Recipe().to_json()
+    defaults = type(recipe)().to_json()
     changed = {k: v for k, v in recipe.to_json().items() if v != defaults.get(k)}
     return json.dumps(changed) if changed else "default recipe"
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from api_client import JobBatch, NewJob
-from jobcore.jobs import Job
+from api_client import Job, JobBatch, NewJob
 
 SCHEMA_LOCK = 7_004_201  # an advisory lock: two app processes starting at once migrate in turn
 

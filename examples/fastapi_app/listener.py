@@ -12,10 +12,9 @@ import uuid
 import asyncpg
 import structlog
 
-from api_client import JobClient
+from api_client import JobClient, JobStatus
 from examples.fastapi_app.books import UNATTACHED, attach
 from examples.fastapi_app.errors import DATABASE_ERRORS
-from jobcore.jobs import JobStatus
 
 log = structlog.get_logger(__name__)
 

@@ -9,9 +9,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from api_client import JobClient
+from api_client import Job, JobClient, JobStatus
 from examples.fastapi_app.books import queue_again
-from jobcore.jobs import Job, JobStatus
 
 CANCEL_REASON = "cancelled by an operator"
 OPEN = (JobStatus.QUEUE_FAILED, JobStatus.PENDING, JobStatus.PROCESSING)
