@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.config import Config
 
@@ -21,6 +22,8 @@ class ClientSettings:
     dlq_url: str | None = None
     connect_timeout: float = 10.0  # database and AWS connect timeout, seconds
     aws_max_attempts: int = 3  # botocore "standard" retry mode: total tries per call
+    ecs_cluster: str | None = None  # with ecs_service: check_health reports the worker service
+    ecs_service: str | None = None
 
     @classmethod
     def from_env(
@@ -42,7 +45,17 @@ class ClientSettings:
             dlq_url=env.get("SQS_DLQ_URL") or None,
             connect_timeout=_positive(env, "CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0),
             aws_max_attempts=int(_positive(env, "AWS_MAX_ATTEMPTS", 3)),
+            ecs_cluster=env.get("ECS_CLUSTER") or None,
+            ecs_service=env.get("ECS_SERVICE") or None,
         )
+
+    def boto_kwargs(self) -> dict[str, Any]:
+        """What every AWS client of the producer is made with (aioboto3 or boto3)."""
+        return {
+            "endpoint_url": self.aws_endpoint_url,
+            "region_name": self.aws_region,
+            "config": self.boto_config(),
+        }
 
     def boto_config(self) -> Config:
         return Config(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import aiohttp
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -105,3 +108,19 @@ def unused_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+class CapturedLogs:
+    """The stdlib log records of the `image_worker` loggers inside a `capture_logs` block."""
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+
+
+@contextmanager
+def capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[CapturedLogs]:
+    captured = CapturedLogs()
+    with caplog.at_level(logging.DEBUG, logger="image_worker"):
+        start = len(caplog.records)
+        yield captured
+        captured.records = [r for r in caplog.records[start:] if r.name.startswith("image_worker")]

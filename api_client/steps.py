@@ -1,0 +1,79 @@
+"""The producer's one core, written once for both clients: each operation is a generator of
+steps (sans-I/O) that a driver runs. A step is one database statement (`Query`), one AWS call
+(`Aws`), a block in a transaction of its own (`Atomic`) or a pause (`Pause`); the generator
+receives each step's result, or has the step's exception thrown into it. `JobClient` runs the
+steps on asyncpg (or a SQLAlchemy `AsyncSession`) and aioboto3 (api_client.drivers);
+`SyncJobClient` on psycopg 3 (or a SQLAlchemy `Session`/`Engine`) and boto3
+(api_client.sync_drivers). Every decision, statement and order of calls lives in the
+generators; a driver only executes."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias, TypeVar
+
+T = TypeVar("T")
+
+Row: TypeAlias = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One statement with asyncpg-style `$n` placeholders; the result is its rows (a list)."""
+
+    sql: str
+    args: Sequence[Any] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Aws:
+    """One call on the client's `service` client (`sqs`, `s3` or `ecs`); the result is the
+    response (for `generate_presigned_url`, the URL)."""
+
+    service: Literal["sqs", "s3", "ecs"]
+    method: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Atomic:
+    """Run `steps` in a transaction of their own (a pooled connection; inside a given
+    connection's open transaction, a savepoint); commit when they return, roll back when they
+    raise. The result is theirs."""
+
+    steps: Steps[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+Step: TypeAlias = Query | Aws | Atomic | Pause
+Steps: TypeAlias = Generator[Step, Any, T]
+
+
+def rows(sql: str, *args: Any) -> Steps[list[Row]]:
+    """`found = yield from rows(SQL, a, b)`: the statement's rows, typed."""
+    result: list[Row] = yield Query(sql, args)
+    return result
+
+
+def call(service: Literal["sqs", "s3", "ecs"], method: str, **kwargs: Any) -> Steps[Any]:
+    result = yield Aws(service, method, kwargs)
+    return result
+
+
+def atomic(steps: Steps[T]) -> Steps[T]:
+    result: T = yield Atomic(steps)
+    return result
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error from asyncpg or psycopg, or one SQLAlchemy wraps."""
+    for candidate in (exc, getattr(exc, "orig", None), getattr(exc, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
