@@ -202,9 +202,11 @@ class JobClient:
                     " let client.transaction(connection) open the transaction"
                 )
             core = BatchCore(self.settings)
+            driver = ConnectionDriver(conn)
             async with conn.transaction():
-                yield JobBatch(core, self._runner, ConnectionDriver(conn), conn)
-            core.settle(await self._run(send_unsent(self.settings, core.created)))
+                yield JobBatch(core, self._runner, driver, conn)
+            # On the same connection: a second one from the pool could deadlock a full pool.
+            core.settle(await self._runner.run(send_unsent(self.settings, core.created), driver))
 
     async def in_session(self, session: AsyncSession) -> JobBatch:
         """A batch writing in `session`'s transaction (SQLAlchemy AsyncSession, asyncpg driver),
