@@ -335,6 +335,7 @@ async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, a
     assert stats.code == 0, stats.stderr
     assert stats.lines[0].split() == [
         "jobs", "pending=1", "queue_failed=0", "processing=0", "completed=0", "failed=2",
+        "cancelled=0",
     ]  # fmt: skip
     assert stats.lines[1].startswith("oldest pending  3m0")
     assert stats.lines[2].split() == ["queue", "visible=0", "in_flight=0", "delayed=0"]
