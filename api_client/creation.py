@@ -149,6 +149,7 @@ def spec_for(settings: ClientSettings, item: NewJob | str) -> JobSpec:
         raise ClientConfigError(f"delay_seconds must be a whole number >= 0, not {delay!r}")
     if new.job_id is not None and not isinstance(new.job_id, uuid.UUID):
         raise ClientConfigError(f"job_id must be a uuid.UUID, not {new.job_id!r}")
+    recipe = recipe_of(new.recipe)  # a RecipeError names the field
     try:
         return JobSpec(
             id=new.job_id or uuid.uuid4(),
@@ -157,7 +158,7 @@ def spec_for(settings: ClientSettings, item: NewJob | str) -> JobSpec:
             book_id=book_text(new.book_id),
             idempotency_key=new.idempotency_key,
             delay_seconds=delay,
-            recipe=recipe_of(new.recipe),
+            recipe=recipe,
         )
     except ValueError as exc:
         if isinstance(exc, ClientConfigError):
