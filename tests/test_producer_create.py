@@ -384,3 +384,47 @@ async def test_a_repeat_waits_for_the_first_requests_transaction(
     if first_request == "commits":
         assert answered.id == written.id
     assert await drain(aws) == [answered.id]
+
+
+async def test_an_async_session_writes_in_its_transaction_and_sends_after_commit(
+    database_url: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    await db.execute("CREATE TABLE books (id text PRIMARY KEY)")
+    try:
+        async with AsyncSession(engine) as session:
+            await session.execute(text("INSERT INTO books VALUES ('b1')"))
+            job = await producer.create_job("sources/a.jpg", book_id="b1", session=session)
+            primary = await producer.create_primary_image_job("b1", ["b1/0.jpg"], session=session)
+            assert (job.status, job.error) == (JobStatus.QUEUE_FAILED, None)
+            assert await rows(db) == []  # not committed: invisible elsewhere
+            assert await drain(aws) == []
+            await session.commit()
+            assert job.status is JobStatus.PENDING  # the returned job: state after the send
+            assert primary.job is not None
+            assert primary.job.status is JobStatus.PENDING
+            assert sorted(await drain(aws)) == sorted([job.id, primary.job.id])
+            await producer.create_job("sources/dropped.jpg", session=session)
+            await session.rollback()
+        assert sorted(r["id"] for r in await rows(db)) == sorted([job.id, primary.job.id])
+        assert await db.fetchval("SELECT count(*) FROM books") == 1
+        assert await drain(aws) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_an_async_session_on_another_driver_is_refused(
+    database_url: str, producer: JobClient
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ClientConfigError, match=r"asyncpg driver .*postgresql\+psycopg"):
+                await producer.create_job("sources/a.jpg", session=session)
+    finally:
+        await engine.dispose()

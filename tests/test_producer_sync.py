@@ -178,6 +178,7 @@ def test_session_commit_sends_after_the_commit(
         assert job_rows(engine) == []  # not committed: invisible to other connections
         assert drain(sqs, aws) == []  # and not sent
         db.commit()
+        assert result.job.status is JobStatus.PENDING  # the returned job: state after the send
         stored = client.get_job(result.job.id)
     assert stored is not None
     assert stored.status is JobStatus.PENDING
