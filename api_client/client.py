@@ -21,35 +21,27 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast
+from typing import TYPE_CHECKING, TypeVar, Unpack, cast
 
 import aioboto3
 import asyncpg
 
-from api_client import admin, health, lifecycle, reading, recovery
-from api_client.admin import DlqRedrive, Queues, QueueStats, Requeued, RetryFilter
+from api_client import admin, creation, health, lifecycle, listening, reading, recovery
+from api_client.admin import DlqRedrive, QueueStats, Requeued, RetryFilter
+from api_client.base import ClientBase
 from api_client.batch import JobBatch
-from api_client.creation import (
-    BatchCore,
-    ImageCopy,
-    JobOptions,
-    NewJob,
-    PrimaryImageJob,
-    PrimaryOptions,
-    book_text,
-)
+from api_client.creation import ImageCopy, NewJob, PrimaryImageJob  # re-exported
 from api_client.drivers import AsyncAlchemyDriver, AsyncRunner, ConnectionDriver, PoolDriver
 from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
 from api_client.health import DEFAULT_TIMEOUT, HealthReport
 from api_client.lifecycle import DeleteResult
-from api_client.listening import KEEPALIVE_SECONDS, Listening, backoff, wait_bounds, waited_for
 from api_client.reading import ListFilter
 from api_client.recovery import SweepReport, SweepSettings
 from api_client.sending import send_messages, send_unsent
+from api_client.sessions import send_on_commit
 from api_client.settings import ClientSettings
 from api_client.steps import Steps
 from jobcore.cancel_queries import CancelResult
-from jobcore.events import JOBS_CHANNEL
 from jobcore.job_create import IdempotencyConflict
 from jobcore.jobs import Job
 from jobcore.sqs import BatchOutcome
@@ -63,9 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("image_worker.producer")
 
 T = TypeVar("T")
-# A listening connection that fails: reconnect (listen) or fall back to polling (wait_for_job).
-CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-_SESSION_SENDS = "image_jobs.async_pending_sends"  # AsyncSession.sync_session.info key
 
 __all__ = [
     "ClientConfigError",
@@ -80,25 +69,16 @@ __all__ = [
 ]
 
 
-class JobClient:
-    """The async producer API. Safe to share between concurrent request handlers."""
+class JobClient(ClientBase["asyncpg.Pool", "SQSClient", "S3Client", "ECSClient"]):
+    """The async producer API. Safe to share between concurrent request handlers.
+    `JobClient(settings, pool, sqs, s3=None, *, ecs=None)` opens nothing and closes nothing."""
 
-    def __init__(
-        self,
-        settings: ClientSettings,
-        pool: asyncpg.Pool,
-        sqs: SQSClient,
-        s3: S3Client | None = None,
-        *,
-        ecs: ECSClient | None = None,
-    ) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.sqs = sqs
-        self.s3 = s3
-        self.ecs = ecs
-        self._queues = Queues(settings)
-        self._runner = AsyncRunner(PoolDriver(pool), {"sqs": sqs, "s3": s3, "ecs": ecs})
+    def _setup(self) -> None:
+        self._runner = AsyncRunner(PoolDriver(self.pool), self.aws, self.settings.database_url)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.database
 
     @classmethod
     def connect(
@@ -124,10 +104,10 @@ class JobClient:
         *,
         connection: asyncpg.Connection | None = None,
         session: AsyncSession | None = None,
-        **options: Unpack[JobOptions],
+        **options: Unpack[creation.JobOptions],
     ) -> Job:
         """Create one job and send its message; a failed send is logged (with its stack trace)
-        and leaves the row `queue_failed`, never raising. Options are `NewJob`'s fields:
+        and leaves the row `queue_failed`, never raising. Options are `creation.NewJob`'s fields:
         `source_bucket`, `book_id` (int or str, stored as text), `idempotency_key`, `job_id`,
         `delay_seconds` (0-900), `recipe` (a Recipe or a mapping of its fields). With
         `idempotency_key` (or a chosen `job_id`) a repeat returns the existing job and sends
@@ -139,13 +119,13 @@ class JobClient:
         then reads the state after the send). Inside your own asyncpg transaction use
         `async with client.transaction(connection) as batch`."""
         (job,) = await self.create_jobs(
-            [NewJob(source_key, **options)], connection=connection, session=session
+            [creation.NewJob(source_key, **options)], connection=connection, session=session
         )
         return job
 
     async def create_jobs(
         self,
-        jobs: Iterable[NewJob | str],
+        jobs: Iterable[creation.NewJob | str],
         *,
         connection: asyncpg.Connection | None = None,
         session: AsyncSession | None = None,
@@ -163,12 +143,12 @@ class JobClient:
     async def create_primary_image_job(
         self,
         book_id: str | int,
-        images: Sequence[ImageCopy | str],
+        images: Sequence[creation.ImageCopy | str],
         *,
         connection: asyncpg.Connection | None = None,
         session: AsyncSession | None = None,
-        **options: Unpack[PrimaryOptions],
-    ) -> PrimaryImageJob:
+        **options: Unpack[creation.PrimaryOptions],
+    ) -> creation.PrimaryImageJob:
         """Queue a book's primary image: `images` in listing order, each with its copy outcome;
         the job is for the first one copied. Returns which (`index`, `key`) or, when none was
         copied, no job and why each was passed over. Never raises for queue trouble. A repeat
@@ -201,7 +181,7 @@ class JobClient:
                     "connection is already in a transaction, so its commit cannot be seen:"
                     " let client.transaction(connection) open the transaction"
                 )
-            core = BatchCore(self.settings)
+            core = creation.BatchCore(self.settings)
             driver = ConnectionDriver(conn)
             async with conn.transaction():
                 yield JobBatch(core, self._runner, driver, conn)
@@ -213,7 +193,7 @@ class JobClient:
         begun if none is open; its jobs are sent from the session's `after_commit` event (on
         the client's own pool) before `await session.commit()` returns, and dropped when it
         rolls back."""
-        from sqlalchemy import event
+        from sqlalchemy.util import await_only
 
         bind = session.bind
         if bind is not None and bind.dialect.driver != "asyncpg":
@@ -222,14 +202,13 @@ class JobClient:
                 f" URL), not {bind.dialect.name}+{bind.dialect.driver}"
             )
         driver = AsyncAlchemyDriver(await session.connection())
-        core = BatchCore(self.settings)
-        sync_session = session.sync_session
-        pending: list[tuple[JobClient, BatchCore]] | None = sync_session.info.get(_SESSION_SENDS)
-        if pending is None:
-            pending = sync_session.info[_SESSION_SENDS] = []
-            event.listen(sync_session, "after_commit", _send_after_async_commit)
-            event.listen(sync_session, "after_rollback", _forget_async_sends)
-        pending.append((self, core))
+        core = creation.BatchCore(self.settings)
+
+        def send(batch: creation.BatchCore) -> dict[uuid.UUID, Job]:
+            # In the session's greenlet: the send is awaited before `await commit()` returns.
+            return await_only(self._run(send_unsent(self.settings, batch.created)))
+
+        send_on_commit(session.sync_session, core, send)
         return JobBatch(core, self._runner, driver)
 
     async def send_messages(
@@ -267,90 +246,19 @@ class JobClient:
         interval: float = 0.5,
     ) -> Job:
         """Wait until the job is finished (`completed`, `failed` or `cancelled`), hearing it by
-        LISTEN (api_client.listening); `interval` is the polling period used only while the
-        listening connection is down. Raises JobNotFound for an unknown id and JobWaitTimeout
-        (a TimeoutError carrying the last state) when `timeout` seconds run out."""
-        wanted, timeout, interval = wait_bounds(job_id, timeout, interval)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        heard = asyncio.Event()
-        listening = await self._listening_connection(min(timeout, self.settings.connect_timeout))
+        LISTEN on a connection of its own (api_client.listening); `interval` is the polling
+        period used only while that connection is down. Raises JobNotFound for an unknown id
+        and JobWaitTimeout (a TimeoutError carrying the last state) when `timeout` seconds run
+        out."""
+        steps = listening.wait_for_job(job_id, timeout, interval, self.settings.connect_timeout)
+        return await self._run(steps)
 
-        def on_notice(_c: object, _p: object, _ch: object, payload: str) -> None:
-            if waited_for(wanted, payload):
-                heard.set()
-
-        try:
-            if listening is not None:
-                await listening.add_listener(JOBS_CHANNEL, on_notice)
-                listening.add_termination_listener(lambda _: heard.set())
-            while True:
-                heard.clear()  # before the read: a notice after it is not lost
-                job = await self.get_job(wanted)
-                if job is None:
-                    raise JobNotFound(wanted)
-                if job.status.finished:
-                    return job
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise JobWaitTimeout(job, timeout)
-                if listening is None or listening.is_closed():
-                    await asyncio.sleep(min(interval, left))  # the fallback: poll
-                    continue
-                try:
-                    async with asyncio.timeout(min(left, KEEPALIVE_SECONDS)):
-                        await heard.wait()
-                except TimeoutError:
-                    pass
-        finally:
-            if listening is not None:
-                await _close(listening)
-
-    async def _listening_connection(self, timeout: float) -> asyncpg.Connection | None:  # noqa: ASYNC109
-        try:
-            return await asyncpg.connect(self.settings.database_url, timeout=timeout)
-        except CONNECTION_ERRORS as exc:
-            log.warning("cannot LISTEN (%s); polling instead", exc)
-            return None
-
-    async def listen(self, *, book_id: str | int | None = None) -> AsyncIterator[Job]:
+    def listen(self, *, book_id: str | int | None = None) -> AsyncIterator[Job]:
         """`async for job in client.listen():` every job that finishes from now on (only
         `book_id`'s when given), read from its row, for a long-running task of the app. Runs
         until the consumer stops; a dropped connection is reopened with backoff (0.5 s doubling
         to 30 s) and the jobs finished meanwhile are caught up first (at least once)."""
-        state = Listening(book_text(book_id))
-        delay: float | None = None
-        while True:
-            queue: asyncio.Queue[str | None] = asyncio.Queue()
-            connection = await self._listening_connection(self.settings.connect_timeout)
-            try:
-                if connection is None:
-                    raise ConnectionError("no listening connection")
-                await connection.add_listener(
-                    JOBS_CHANNEL, lambda _c, _p, _ch, payload, put=queue.put_nowait: put(payload)
-                )
-                connection.add_termination_listener(lambda _, put=queue.put_nowait: put(None))
-                for job in await self._run(state.start()):
-                    yield job
-                delay = None
-                while True:
-                    try:
-                        async with asyncio.timeout(KEEPALIVE_SECONDS):
-                            payload = await queue.get()
-                    except TimeoutError:
-                        await connection.execute("SELECT 1")
-                        continue
-                    if payload is None:
-                        raise ConnectionError("the listening connection closed")
-                    for job in await self._run(state.on_notice(payload)):
-                        yield job
-            except (*CONNECTION_ERRORS, ConnectionError) as exc:
-                delay = backoff(delay)
-                log.warning("listening stopped (%s); reconnecting in %.1fs", exc, delay)
-            finally:
-                if connection is not None:
-                    await _close(connection)
-            await asyncio.sleep(delay or 0)
+        return self._runner.stream(listening.listen(book_id, self.settings.connect_timeout))
 
     # -- cancel, purge, results --------------------------------------------------------------------
 
@@ -369,19 +277,9 @@ class JobClient:
         """Remove a book's jobs (or these ids) and their result objects, cancelling open ones
         first (api_client.lifecycle). A running job is asked to cancel and reported in
         `cancel_requested`; with `wait` > 0 seconds, it is waited for (LISTEN) and removed too."""
-        result = await self._run(lifecycle.delete_jobs(book_id, ids))
-        if wait > 0 and result.cancel_requested:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            for job_id in list(result.cancel_requested):
-                try:
-                    await self.wait_for_job(job_id, timeout=max(0.001, deadline - loop.time()))
-                except (JobWaitTimeout, JobNotFound):
-                    continue
-            lifecycle.merge(
-                result, await self._run(lifecycle.delete_jobs(ids=result.cancel_requested))
-            )
-        return result
+        timeout = self.settings.connect_timeout
+        steps = lifecycle.delete_jobs(book_id, ids, wait=wait, connect_timeout=timeout)
+        return await self._run(steps)
 
     async def result_url(
         self, job: Job | uuid.UUID | str, output: str = "image", *, expires_in: int = 3600
@@ -441,32 +339,6 @@ class JobClient:
         checks = health.health_checks(self.settings, self._queues)
         report.checks = list(await asyncio.gather(*(one(name, check) for name, check in checks)))
         return report
-
-
-def _send_after_async_commit(session: Any) -> None:
-    """AsyncSession `after_commit` (run in its greenlet, so the send can be awaited here): the
-    session's rows are committed; send them. Never raises into the commit: a failure leaves the
-    rows `queue_failed` for the sweep."""
-    from sqlalchemy.util import await_only
-
-    for client, core in session.info.pop(_SESSION_SENDS, []):
-        try:
-            core.settle(await_only(client._run(send_unsent(client.settings, core.created))))
-        except Exception as exc:
-            log.error("send after commit failed; jobs stay queue_failed: %s",
-                      ", ".join(str(c.job.id) for c in core.created), exc_info=exc)  # fmt: skip
-    session.info[_SESSION_SENDS] = []
-
-
-def _forget_async_sends(session: Any) -> None:
-    session.info[_SESSION_SENDS] = []
-
-
-async def _close(connection: asyncpg.Connection) -> None:
-    try:
-        await asyncio.wait_for(connection.close(), timeout=5)
-    except (*CONNECTION_ERRORS, asyncio.CancelledError):
-        connection.terminate()
 
 
 class _Connector:

@@ -118,6 +118,17 @@ def bucket_for(settings: ClientSettings, source_bucket: str | None) -> str:
     return bucket
 
 
+def job_id_of(value: object, name: str = "job_id") -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ClientConfigError(f"{name} must be a job id (UUID), not {value!r}")
+
+
 def book_text(book_id: object) -> str | None:
     """`book_id` as stored: an int or a non-empty string, as text."""
     if book_id is None:

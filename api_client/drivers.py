@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -11,12 +12,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import asyncpg
 
 from api_client.errors import ClientConfigError
-from api_client.steps import Atomic, Aws, Pause, Query, Row, Steps
+from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Steps
+from jobcore.events import JOBS_CHANNEL
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 T = TypeVar("T")
+log = logging.getLogger("image_worker.producer")
+# A listening connection that fails: the core reconnects (listen) or polls (wait_for_job).
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Driver(Protocol):
@@ -80,29 +85,116 @@ class AsyncAlchemyDriver:
             yield self
 
 
+class AsyncListening:
+    """A dedicated asyncpg connection LISTENing on the job channel; payloads queue up here."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self.heard: asyncio.Queue[str | None] = asyncio.Queue()  # None: the connection closed
+
+    @classmethod
+    async def open(cls, url: str, timeout: float) -> AsyncListening | None:  # noqa: ASYNC109
+        try:
+            connection = await asyncpg.connect(url, timeout=timeout)
+        except CONNECTION_ERRORS as exc:
+            log.warning("cannot LISTEN: %s", exc)
+            return None
+        listening = cls(connection)
+        try:
+            await connection.add_listener(JOBS_CHANNEL, listening._on_notice)
+        except CONNECTION_ERRORS as exc:
+            log.warning("cannot LISTEN: %s", exc)
+            await listening.close()
+            return None
+        connection.add_termination_listener(lambda _: listening.heard.put_nowait(None))
+        return listening
+
+    def _on_notice(self, _c: object, _p: object, _ch: object, payload: str) -> None:
+        self.heard.put_nowait(payload)
+
+    async def notices(self, timeout: float) -> list[str] | None:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                first = await self.heard.get()
+        except TimeoutError:
+            try:
+                await self.connection.execute("SELECT 1")  # still there?
+            except CONNECTION_ERRORS:
+                await self.close()
+                return None
+            return []
+        payloads = [first]
+        while not self.heard.empty():
+            payloads.append(self.heard.get_nowait())
+        if None in payloads:
+            await self.close()
+            return None
+        return [payload for payload in payloads if payload is not None]
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.connection.close(), timeout=5)
+        except (*CONNECTION_ERRORS, asyncio.CancelledError):
+            self.connection.terminate()
+
+
 class AsyncRunner:
     """Runs steps: statements on `driver`, calls on the aioboto3 clients in `aws` (by service
-    name; a missing one raises ClientConfigError naming it)."""
+    name; a missing one raises ClientConfigError naming it), LISTEN on connections of its own to
+    `listen_url` (closed when the run ends)."""
 
-    def __init__(self, driver: Driver, aws: Mapping[str, Any]) -> None:
+    def __init__(self, driver: Driver, aws: Mapping[str, Any], listen_url: str) -> None:
         self.driver = driver
         self.aws = aws
+        self.listen_url = listen_url
 
     async def run(self, steps: Steps[T], driver: Driver | None = None) -> T:
-        on = driver or self.driver
+        result: list[T] = []  # per run: one runner serves concurrent runs
+        async for _ in self._drive(steps, driver or self.driver, result):
+            pass
+        return result[0]
+
+    async def stream(self, steps: Steps[None]) -> AsyncIterator[Any]:
+        """Run steps that `Emit`: an async iterator of what they emit."""
+        async for item in self._drive(steps, self.driver, None):
+            yield item
+
+    async def _drive(
+        self, steps: Steps[Any], on: Driver, result: list[Any] | None
+    ) -> AsyncIterator[Any]:
+        """Run `steps`; their return value goes into `result`, and with no `result` (a stream)
+        what they `Emit` is yielded."""
+        opened: list[AsyncListening] = []
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            try:
-                value, error = await self._do(step, on), None
-            except Exception as exc:
-                value, error = None, exc
+        try:
+            while True:
+                try:
+                    step = steps.send(value) if error is None else steps.throw(error)
+                except StopIteration as done:
+                    if result is not None:
+                        result.append(done.value)
+                    return
+                if isinstance(step, Emit) and result is None:
+                    yield step.job
+                    value, error = None, None
+                    continue
+                try:
+                    value, error = await self._do(step, on, opened), None
+                except Exception as exc:
+                    value, error = None, exc
+        finally:
+            for listening in opened:
+                await listening.close()
 
-    async def _do(self, step: Any, on: Driver) -> Any:
+    async def _do(self, step: Any, on: Driver, opened: list[AsyncListening]) -> Any:
+        if isinstance(step, Listen):
+            listening = await AsyncListening.open(self.listen_url, step.timeout)
+            if listening is not None:
+                opened.append(listening)
+            return listening
+        if isinstance(step, Notices):
+            return await step.handle.notices(step.timeout)
         if isinstance(step, Query):
             return await on.fetch(step.sql, step.args)
         if isinstance(step, Aws):

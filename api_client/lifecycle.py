@@ -17,12 +17,15 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_client.errors import ClientConfigError, JobNotFound
+from api_client.creation import job_id_of
+from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.listening import wait_for_job
 from api_client.settings import ClientSettings
 from api_client.steps import Steps, atomic, call, rows
 from jobcore.cancel_queries import CANCEL_JOB, CancelResult, cancel_args, cancel_result
@@ -44,17 +47,6 @@ DELETE_FINISHED = """
 DELETE FROM image_processing_jobs
  WHERE id = ANY($1::uuid[]) AND status = ANY($2::text[])
 RETURNING id"""
-
-
-def job_id_of(value: object, name: str = "job_id") -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    raise ClientConfigError(f"{name} must be a job id (UUID), not {value!r}")
 
 
 def cancel_job(job_id: uuid.UUID | str, reason: str | None = None) -> Steps[CancelResult]:
@@ -108,9 +100,30 @@ def delete_target(
 
 
 def delete_jobs(
-    book_id: str | int | None = None, ids: Iterable[uuid.UUID | str] | None = None
+    book_id: str | int | None = None,
+    ids: Iterable[uuid.UUID | str] | None = None,
+    *,
+    wait: float = 0.0,
+    connect_timeout: float = 10.0,
 ) -> Steps[DeleteResult]:
-    book, wanted = delete_target(book_id, ids)
+    """See the module's docstring; `wait` > 0: wait (LISTEN) up to that many seconds for the
+    running jobs asked to cancel, and remove those that finished too."""
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise ClientConfigError(f"wait must be a number of seconds >= 0, not {wait!r}")
+    result = yield from purge(*delete_target(book_id, ids))
+    if wait > 0 and result.cancel_requested:
+        deadline = time.monotonic() + wait
+        for job_id in result.cancel_requested:
+            left = max(0.001, deadline - time.monotonic())
+            try:
+                yield from wait_for_job(job_id, left, 0.5, connect_timeout)
+            except (JobWaitTimeout, JobNotFound):
+                continue
+        merge(result, (yield from purge(None, result.cancel_requested)))
+    return result
+
+
+def purge(book: str | None, wanted: list[uuid.UUID] | None) -> Steps[DeleteResult]:
     result = DeleteResult()
     jobs = [Job.from_record(r) for r in (yield from rows(SELECT_FOR_DELETE, book, wanted))]
     for job in jobs:

@@ -16,14 +16,15 @@ lost; a job may be yielded twice around a reconnect (at least once)."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime
 
-from api_client.errors import ClientConfigError
-from api_client.lifecycle import job_id_of
-from api_client.steps import Steps, rows
+from api_client.creation import book_text, job_id_of
+from api_client.errors import ClientConfigError, JobNotFound, JobWaitTimeout
+from api_client.steps import Emit, Listen, Notices, Pause, Steps, rows
 from jobcore.events import JOBS_CHANNEL, JobNotice, MalformedNotice
 from jobcore.job_queries import FETCH_JOB
 from jobcore.jobs import JOB_COLUMNS, Job
@@ -129,3 +130,52 @@ class Listening:
                 self.since = job.updated_at
             out.append(job)
         return out
+
+
+def wait_for_job(
+    job_id: uuid.UUID | str, timeout: float, interval: float, connect_timeout: float
+) -> Steps[Job]:
+    """The steps of `wait_for_job` (see the module's docstring)."""
+    wanted, limit, every = wait_bounds(job_id, timeout, interval)
+    deadline = time.monotonic() + limit
+    handle = yield Listen(min(limit, connect_timeout))
+    while True:
+        job = yield from read_job(wanted)  # after LISTEN: a later finish is heard
+        if job is None:
+            raise JobNotFound(wanted)
+        if job.status.finished:
+            return job
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise JobWaitTimeout(job, limit)
+        if handle is None:
+            yield Pause(min(every, left))  # the fallback: poll
+            continue
+        heard = yield Notices(handle, min(left, KEEPALIVE_SECONDS))
+        if heard is None:
+            log.warning("listening connection lost; polling job %s every %gs", wanted, every)
+            handle = None
+
+
+def listen(book_id: str | int | None, connect_timeout: float) -> Steps[None]:
+    """The steps of `listen()`: emits each finished job; never returns (see the module's
+    docstring). A failure while listening or reading (the database restarting) is logged and
+    followed by a reconnect after the backoff."""
+    state = Listening(book_text(book_id))
+    delay: float | None = None
+    while True:
+        try:
+            handle = yield Listen(connect_timeout)
+            if handle is not None:
+                for job in (yield from state.start()):
+                    yield Emit(job)
+                delay = None
+                while (heard := (yield Notices(handle, KEEPALIVE_SECONDS))) is not None:
+                    for payload in heard:
+                        for job in (yield from state.on_notice(payload)):
+                            yield Emit(job)
+        except Exception as exc:  # any failure of a long-running listener: reconnect
+            log.warning("listening failed: %s", exc)
+        delay = backoff(delay)
+        log.warning("not listening; reconnecting in %.1fs", delay)
+        yield Pause(delay)

@@ -7,9 +7,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import TypedDict
 
-from api_client.creation import book_text
+from api_client.creation import book_text, job_id_of
 from api_client.errors import ClientConfigError
-from api_client.lifecycle import job_id_of
 from api_client.steps import Steps, rows
 from jobcore.job_queries import FETCH_JOB
 from jobcore.jobs import JOB_COLUMNS, Job, JobStatus

@@ -50,7 +50,32 @@ class Pause:
     seconds: float
 
 
-Step: TypeAlias = Query | Aws | Atomic | Pause
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Open a dedicated connection that LISTENs on the job channel (bounded by `timeout`); the
+    result is its handle, or None when it cannot connect. The runner closes every handle it
+    opened when the run ends."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notices:
+    """Wait up to `timeout` seconds on a Listen handle; the result is the payloads heard (empty:
+    none, and the connection still answers), or None when the connection is lost (then closed)."""
+
+    handle: Any
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Hand a job to the consumer of a stream (`listen()`); only a stream accepts it."""
+
+    job: Any
+
+
+Step: TypeAlias = Query | Aws | Atomic | Pause | Listen | Notices | Emit
 Steps: TypeAlias = Generator[Step, Any, T]
 
 

@@ -17,7 +17,6 @@ on the client's own connection, before `db.commit()` returns."""
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,34 +25,17 @@ from contextlib import ExitStack, closing, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 import boto3
-import psycopg
 from psycopg_pool import ConnectionPool
 
-from api_client import admin, health, lifecycle, reading, recovery
-from api_client.admin import DlqRedrive, Queues, QueueStats, Requeued, RetryFilter
-from api_client.creation import (
-    BatchCore,
-    ImageCopy,
-    JobOptions,
-    NewJob,
-    PrimaryImageJob,
-    PrimaryOptions,
-    book_text,
-)
-from api_client.errors import JobNotFound, JobWaitTimeout
+from api_client import admin, creation, health, lifecycle, listening, reading, recovery
+from api_client.admin import DlqRedrive, QueueStats, Requeued, RetryFilter
+from api_client.base import ClientBase
 from api_client.health import DEFAULT_TIMEOUT, HealthReport
 from api_client.lifecycle import DeleteResult
-from api_client.listening import (
-    KEEPALIVE_SECONDS,
-    LISTEN,
-    Listening,
-    backoff,
-    wait_bounds,
-    waited_for,
-)
 from api_client.reading import ListFilter
 from api_client.recovery import SweepReport, SweepSettings
 from api_client.sending import send_messages, send_unsent
+from api_client.sessions import send_on_commit
 from api_client.settings import ClientSettings
 from api_client.steps import Steps
 from api_client.sync_drivers import (
@@ -78,14 +60,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("image_worker.producer")
 
 T = TypeVar("T")
-_PENDING_SENDS = "image_jobs.pending_sends"  # Session.info key: batches to send after its commit
 
 
 class SyncJobBatch:
     """Creates jobs inside an open transaction (the client's own, or a session's). The jobs these
     methods return read the state after the send once the transaction has committed."""
 
-    def __init__(self, core: BatchCore, runner: SyncRunner, driver: SyncDriver) -> None:
+    def __init__(self, core: creation.BatchCore, runner: SyncRunner, driver: SyncDriver) -> None:
         self.core = core
         self.driver = driver  # `batch.driver.fetch(sql, args)` runs your statements in it
         self._runner = runner
@@ -97,46 +78,36 @@ class SyncJobBatch:
     def _here(self, steps: Steps[T]) -> T:
         return self._runner.run(steps, self.driver)
 
-    def create_job(self, source_key: str, **options: Unpack[JobOptions]) -> Job:
+    def create_job(self, source_key: str, **options: Unpack[creation.JobOptions]) -> Job:
         return self._here(self.core.create_job(source_key, options))
 
-    def create_jobs(self, jobs: Iterable[NewJob | str]) -> list[Job]:
+    def create_jobs(self, jobs: Iterable[creation.NewJob | str]) -> list[Job]:
         return self._here(self.core.create_jobs(jobs))
 
     def create_primary_image_job(
         self,
         book_id: str | int,
-        images: Sequence[ImageCopy | str],
-        **options: Unpack[PrimaryOptions],
-    ) -> PrimaryImageJob:
+        images: Sequence[creation.ImageCopy | str],
+        **options: Unpack[creation.PrimaryOptions],
+    ) -> creation.PrimaryImageJob:
         return self._here(self.core.create_primary_image_job(book_id, images, options))
 
 
-class SyncJobClient:
+class SyncJobClient(
+    ClientBase["ConnectionPool[Any] | Engine", "SQSClient", "S3Client", "ECSClient"]
+):
     """The synchronous producer, with `JobClient`'s API (see there for each method). Thread-safe:
-    share one between request threads."""
+    share one between request threads. `SyncJobClient(settings, database, sqs, s3=None, *,
+    ecs=None)`: `database` a psycopg pool or a SQLAlchemy engine; opens and closes nothing."""
 
-    def __init__(
-        self,
-        settings: ClientSettings,
-        database: ConnectionPool[Any] | Engine,
-        sqs: SQSClient,
-        s3: S3Client | None = None,
-        *,
-        ecs: ECSClient | None = None,
-    ) -> None:
-        self.settings = settings
-        self.database = database
-        self.sqs = sqs
-        self.s3 = s3
-        self.ecs = ecs
+    def _setup(self) -> None:
+        database = self.database
         driver = (
             PsycopgPoolDriver(database)
             if isinstance(database, ConnectionPool)
             else EngineDriver(database)
         )
-        self._queues = Queues(settings)
-        self._runner = SyncRunner(driver, {"sqs": sqs, "s3": s3, "ecs": ecs})
+        self._runner = SyncRunner(driver, self.aws, self.settings.database_url)
 
     @classmethod
     @contextmanager
@@ -182,16 +153,20 @@ class SyncJobClient:
     # -- creating jobs ---------------------------------------------------------------------------
 
     def create_job(
-        self, source_key: str, *, session: Session | None = None, **options: Unpack[JobOptions]
+        self,
+        source_key: str,
+        *,
+        session: Session | None = None,
+        **options: Unpack[creation.JobOptions],
     ) -> Job:
         """As `JobClient.create_job`. With `session` the row is written in the session's
         transaction and sent when it commits (the job returned reads the state after the send
         once `session.commit()` has returned); without one, in a transaction of its own."""
-        (job,) = self.create_jobs([NewJob(source_key, **options)], session=session)
+        (job,) = self.create_jobs([creation.NewJob(source_key, **options)], session=session)
         return job
 
     def create_jobs(
-        self, jobs: Iterable[NewJob | str], *, session: Session | None = None
+        self, jobs: Iterable[creation.NewJob | str], *, session: Session | None = None
     ) -> list[Job]:
         if session is not None:
             return self.in_session(session).create_jobs(jobs)
@@ -202,11 +177,11 @@ class SyncJobClient:
     def create_primary_image_job(
         self,
         book_id: str | int,
-        images: Sequence[ImageCopy | str],
+        images: Sequence[creation.ImageCopy | str],
         *,
         session: Session | None = None,
-        **options: Unpack[PrimaryOptions],
-    ) -> PrimaryImageJob:
+        **options: Unpack[creation.PrimaryOptions],
+    ) -> creation.PrimaryImageJob:
         """As `JobClient.create_primary_image_job`; `session` as in `create_job`."""
         if session is not None:
             return self.in_session(session).create_primary_image_job(book_id, images, **options)
@@ -219,7 +194,7 @@ class SyncJobClient:
         """`with client.transaction() as batch:` a transaction on a connection of the client's
         own; `batch.driver.fetch(sql, args)` runs your statements in it. Commit, then send; an
         exception rolls everything back and sends nothing."""
-        core = BatchCore(self.settings)
+        core = creation.BatchCore(self.settings)
         with self._runner.driver.atomic() as driver:
             yield SyncJobBatch(core, self._runner, driver)
         core.settle(self._run(send_unsent(self.settings, core.created)))
@@ -227,16 +202,13 @@ class SyncJobClient:
     def in_session(self, session: Session) -> SyncJobBatch:
         """A batch writing on `session`'s connection, in its transaction (begun if none is open),
         whose jobs are sent when the session commits and dropped when it rolls back."""
-        from sqlalchemy import event
-
         require_psycopg(session.get_bind().dialect)  # before it connects
-        core = BatchCore(self.settings)
-        pending: list[tuple[SyncJobClient, BatchCore]] | None = session.info.get(_PENDING_SENDS)
-        if pending is None:
-            pending = session.info[_PENDING_SENDS] = []
-            event.listen(session, "after_commit", _send_after_commit)
-            event.listen(session, "after_rollback", _forget_sends)
-        pending.append((self, core))
+        core = creation.BatchCore(self.settings)
+
+        def send(batch: creation.BatchCore) -> dict[uuid.UUID, Job]:
+            return self._run(send_unsent(self.settings, batch.created))
+
+        send_on_commit(session, core, send)
         return SyncJobBatch(core, self._runner, AlchemyDriver(session.connection()))
 
     def send_messages(
@@ -258,72 +230,13 @@ class SyncJobClient:
     def wait_for_job(
         self, job_id: uuid.UUID | str, *, timeout: float = 300.0, interval: float = 0.5
     ) -> Job:
-        """As `JobClient.wait_for_job`: LISTEN on a connection of its own, polling every
-        `interval` only while that connection is down."""
-        wanted, timeout, interval = wait_bounds(job_id, timeout, interval)
-        deadline = time.monotonic() + timeout
-        listening = self._listening_connection(min(timeout, self.settings.connect_timeout))
-        try:
-            while True:
-                job = self.get_job(wanted)  # after LISTEN: a notice after this read is queued
-                if job is None:
-                    raise JobNotFound(wanted)
-                if job.status.finished:
-                    return job
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise JobWaitTimeout(job, timeout)
-                if listening is None or listening.closed:
-                    time.sleep(min(interval, left))  # the fallback: poll
-                    continue
-                try:
-                    notices = listening.notifies(timeout=min(left, KEEPALIVE_SECONDS))
-                    for notice in notices:
-                        if waited_for(wanted, notice.payload):
-                            break
-                except psycopg.Error as exc:
-                    log.warning("listening connection lost (%s); polling instead", exc)
-                    listening.close()
-        finally:
-            if listening is not None:
-                listening.close()
-
-    def _listening_connection(self, timeout: float) -> psycopg.Connection[Any] | None:
-        try:
-            connection = psycopg.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=max(1, round(timeout))
-            )
-        except psycopg.Error as exc:
-            log.warning("cannot LISTEN (%s); polling instead", exc)
-            return None
-        connection.execute(LISTEN)
-        return connection
+        steps = listening.wait_for_job(job_id, timeout, interval, self.settings.connect_timeout)
+        return self._run(steps)
 
     def listen(self, *, book_id: str | int | None = None) -> Iterator[Job]:
         """As `JobClient.listen`, a blocking generator: `for job in client.listen():` in a thread
         of its own; close the generator (or break) to stop."""
-        state = Listening(book_text(book_id))
-        delay: float | None = None
-        while True:
-            connection = self._listening_connection(self.settings.connect_timeout)
-            try:
-                if connection is None:
-                    raise psycopg.OperationalError("no listening connection")
-                yield from self._run(state.start())
-                delay = None
-                while True:
-                    heard = list(connection.notifies(timeout=KEEPALIVE_SECONDS))
-                    if not heard:
-                        connection.execute("SELECT 1")
-                    for notice in heard:
-                        yield from self._run(state.on_notice(notice.payload))
-            except psycopg.Error as exc:
-                delay = backoff(delay)
-                log.warning("listening stopped (%s); reconnecting in %.1fs", exc, delay)
-            finally:
-                if connection is not None:
-                    connection.close()
-            time.sleep(delay or 0)
+        return self._runner.stream(listening.listen(book_id, self.settings.connect_timeout))
 
     # -- cancel, purge, results --------------------------------------------------------------------
 
@@ -337,16 +250,8 @@ class SyncJobClient:
         ids: Iterable[uuid.UUID | str] | None = None,
         wait: float = 0.0,
     ) -> DeleteResult:
-        result = self._run(lifecycle.delete_jobs(book_id, ids))
-        if wait > 0 and result.cancel_requested:
-            deadline = time.monotonic() + wait
-            for job_id in list(result.cancel_requested):
-                try:
-                    self.wait_for_job(job_id, timeout=max(0.001, deadline - time.monotonic()))
-                except (JobWaitTimeout, JobNotFound):
-                    continue
-            lifecycle.merge(result, self._run(lifecycle.delete_jobs(ids=result.cancel_requested)))
-        return result
+        bounds = {"wait": wait, "connect_timeout": self.settings.connect_timeout}
+        return self._run(lifecycle.delete_jobs(book_id, ids, **bounds))
 
     def result_url(
         self, job: Job | uuid.UUID | str, output: str = "image", *, expires_in: int = 3600
@@ -402,20 +307,3 @@ class SyncJobClient:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         return report
-
-
-def _send_after_commit(session: Session) -> None:
-    """Session `after_commit`: the session's rows are committed; send them. Never raises into
-    the caller's commit: a failure leaves the rows `queue_failed` for the sweep."""
-    for client, core in session.info.pop(_PENDING_SENDS, []):
-        try:
-            core.settle(client._run(send_unsent(client.settings, core.created)))
-        except Exception as exc:
-            log.error("send after commit failed; jobs stay queue_failed: %s",
-                      ", ".join(str(c.job.id) for c in core.created), exc_info=exc)  # fmt: skip
-    session.info[_PENDING_SENDS] = []
-
-
-def _forget_sends(session: Session) -> None:
-    """Session `after_rollback`: its rows are gone; nothing to send."""
-    session.info[_PENDING_SENDS] = []

@@ -4,12 +4,14 @@ boto3 clients. It decides nothing. Needs the `sync` extra."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 try:
+    import psycopg
     from psycopg import Connection as PsycopgConnection
     from psycopg.rows import dict_row
     from psycopg_pool import ConnectionPool
@@ -19,7 +21,8 @@ except ImportError as exc:  # pragma: no cover - only in an install without the 
     ) from exc
 
 from api_client.errors import ClientConfigError
-from api_client.steps import Atomic, Aws, Pause, Query, Row, Steps
+from api_client.listening import LISTEN
+from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Steps
 from jobcore.job_create import named, pyformat
 
 if TYPE_CHECKING:
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Dialect, Engine
 
 T = TypeVar("T")
+log = logging.getLogger("image_worker.producer")
 
 
 class SyncDriver(Protocol):
@@ -108,29 +112,90 @@ def require_psycopg(dialect: Dialect) -> None:
         )
 
 
-class SyncRunner:
-    """Runs steps: statements on `driver`, calls on the boto3 clients in `aws`."""
+class SyncListening:
+    """A dedicated psycopg connection (autocommit) LISTENing on the job channel."""
 
-    def __init__(self, driver: SyncDriver, aws: Mapping[str, Any]) -> None:
+    def __init__(self, connection: PsycopgConnection[Any]) -> None:
+        self.connection = connection
+
+    @classmethod
+    def open(cls, url: str, timeout: float) -> SyncListening | None:
+        try:
+            connection = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, round(timeout))
+            )
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN: %s", exc)
+            return None
+        try:
+            connection.execute(LISTEN)
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN: %s", exc)
+            connection.close()
+            return None
+        return cls(connection)
+
+    def notices(self, timeout: float) -> list[str] | None:
+        try:
+            heard = [n.payload for n in self.connection.notifies(timeout=timeout, stop_after=1)]
+            if not heard:
+                self.connection.execute("SELECT 1")  # still there?
+        except psycopg.Error:
+            self.close()
+            return None
+        return heard
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class SyncRunner:
+    """Runs steps: statements on `driver`, calls on the boto3 clients in `aws`, LISTEN on
+    connections of its own to `listen_url` (closed when the run ends)."""
+
+    def __init__(self, driver: SyncDriver, aws: Mapping[str, Any], listen_url: str) -> None:
         self.driver = driver
         self.aws = aws
+        self.listen_url = listen_url
 
     def run(self, steps: Steps[T], driver: SyncDriver | None = None) -> T:
-        on = driver or self.driver
+        finished: list[T] = []
+        for _ in self._drive(steps, driver or self.driver, finished):
+            pass
+        return finished[0]
+
+    def stream(self, steps: Steps[None]) -> Iterator[Any]:
+        """Run steps that `Emit`: a blocking iterator of what they emit."""
+        return self._drive(steps, self.driver, None)
+
+    def _drive(
+        self, steps: Steps[Any], on: SyncDriver, finished: list[Any] | None
+    ) -> Iterator[Any]:
+        listening: list[SyncListening] = []
         value: Any = None
         failure: BaseException | None = None
-        while True:
-            try:
-                step = steps.throw(failure) if failure else steps.send(value)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            failure = None
-            try:
-                value = self._do(step, on)
-            except Exception as exc:
-                value, failure = None, exc
+        try:
+            while True:
+                try:
+                    step = steps.throw(failure) if failure else steps.send(value)
+                except StopIteration as done:
+                    if finished is not None:
+                        finished.append(done.value)
+                    return
+                failure = None
+                if finished is None and isinstance(step, Emit):
+                    yield step.job
+                    value = None
+                    continue
+                try:
+                    value = self._do(step, on, listening)
+                except Exception as exc:
+                    value, failure = None, exc
+        finally:
+            for handle in listening:
+                handle.close()
 
-    def _do(self, step: Any, on: SyncDriver) -> Any:
+    def _do(self, step: Any, on: SyncDriver, listening: list[SyncListening]) -> Any:
         match step:
             case Query(sql=sql, args=args):
                 return on.fetch(sql, args)
@@ -144,4 +209,11 @@ class SyncRunner:
             case Pause(seconds=seconds):
                 time.sleep(seconds)
                 return None
+            case Listen(timeout=timeout):
+                handle = SyncListening.open(self.listen_url, timeout)
+                if handle is not None:
+                    listening.append(handle)
+                return handle
+            case Notices(handle=handle, timeout=timeout):
+                return handle.notices(timeout)
         raise TypeError(f"not a step: {step!r}")
