@@ -21,6 +21,7 @@ from api_client.creation import (
     PrimaryOptions,
 )
 from api_client.drivers import AsyncRunner, Driver
+from api_client.errors import ClientConfigError
 from api_client.steps import Steps
 from jobcore.jobs import Job
 
@@ -43,9 +44,16 @@ class JobBatch:
         connection: asyncpg.Connection | None = None,
     ) -> None:
         self.core = core
-        self.connection = connection  # the asyncpg connection, for your own statements
+        self._connection = connection
         self._runner = runner
         self._driver = driver
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """The transaction's asyncpg connection, for your own statements."""
+        if self._connection is None:
+            raise ClientConfigError("this batch writes in a session: use the session")
+        return self._connection
 
     @property
     def jobs(self) -> list[Job]:
