@@ -134,8 +134,11 @@ class AsyncListening:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.connection.close(), timeout=5)
-        except (*CONNECTION_ERRORS, asyncio.CancelledError):
+        except CONNECTION_ERRORS:
             self.connection.terminate()
+        except BaseException:  # cancelled while closing: still never leave it open
+            self.connection.terminate()
+            raise
 
 
 class AsyncRunner:
@@ -188,7 +191,9 @@ class AsyncRunner:
                 await listening.close()
 
     async def _do(self, step: Any, on: Driver, opened: list[AsyncListening]) -> Any:
-        if isinstance(step, Listen):
+        if isinstance(step, Listen):  # a run listens on one connection at a time
+            while opened:
+                await opened.pop().close()
             listening = await AsyncListening.open(self.listen_url, step.timeout)
             if listening is not None:
                 opened.append(listening)

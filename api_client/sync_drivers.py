@@ -209,7 +209,9 @@ class SyncRunner:
             case Pause(seconds=seconds):
                 time.sleep(seconds)
                 return None
-            case Listen(timeout=timeout):
+            case Listen(timeout=timeout):  # a run listens on one connection at a time
+                while listening:
+                    listening.pop().close()
                 handle = SyncListening.open(self.listen_url, timeout)
                 if handle is not None:
                     listening.append(handle)

@@ -214,6 +214,11 @@ async def test_wait_for_job_hears_the_finish_without_polling(p: Producer, db: as
     await finish(db, job.id)
     done = await asyncio.wait_for(waiting, timeout=30)  # polling every hour could not do this
     assert (done.id, done.status) == (job.id, JobStatus.COMPLETED)
+    await eventually(lambda: _none_listening(db), timeout=30)  # its LISTEN connection closed
+
+
+async def _none_listening(db: asyncpg.Pool) -> bool:
+    return not await _listening(db)
 
 
 async def _listening(db: asyncpg.Pool) -> bool:
@@ -267,6 +272,7 @@ async def test_listen_yields_finished_jobs_and_catches_up_after_a_reconnect(
         assert (last.id, last.status) == (three.id, JobStatus.CANCELLED)
     finally:
         await listener.close()
+    await eventually(lambda: _none_listening(db), timeout=30)  # stopping it closes the connection
 
 
 # -- cancel and purge ------------------------------------------------------------------------------

@@ -428,3 +428,24 @@ async def test_an_async_session_on_another_driver_is_refused(
                 await producer.create_job("sources/a.jpg", session=session)
     finally:
         await engine.dispose()
+
+
+async def test_a_cancelled_wait_closes_its_listening_connection(
+    db: asyncpg.Pool, producer: JobClient
+) -> None:
+    async def listening() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %' AND state = 'idle'"
+        )
+        return bool(count)
+
+    async def none_listening() -> bool:
+        return not await listening()
+
+    job = await producer.create_job("sources/a.jpg")
+    waiting = asyncio.create_task(producer.wait_for_job(job.id, timeout=60))
+    await eventually(listening, timeout=30, interval=0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await eventually(none_listening, timeout=30, interval=0.05)
