@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import asyncpg
 
 from api_client.errors import ClientConfigError
-from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Steps
+from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Stepper, Steps
 from jobcore.events import JOBS_CHANNEL
 
 if TYPE_CHECKING:
@@ -168,24 +168,18 @@ class AsyncRunner:
         """Run `steps`; their return value goes into `result`, and with no `result` (a stream)
         what they `Emit` is yielded."""
         opened: list[AsyncListening] = []
-        value: Any = None
-        error: BaseException | None = None
+        stepper = Stepper(steps)
         try:
-            while True:
-                try:
-                    step = steps.send(value) if error is None else steps.throw(error)
-                except StopIteration as done:
-                    if result is not None:
-                        result.append(done.value)
-                    return
+            while (step := stepper.next()) is not None:
                 if isinstance(step, Emit) and result is None:
                     yield step.job
-                    value, error = None, None
                     continue
                 try:
-                    value, error = await self._do(step, on, opened), None
+                    stepper.answer(await self._do(step, on, opened))
                 except Exception as exc:
-                    value, error = None, exc
+                    stepper.fail(exc)
+            if result is not None:
+                result.append(stepper.value)
         finally:
             for listening in opened:
                 await listening.close()

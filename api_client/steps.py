@@ -9,7 +9,7 @@ generators; a driver only executes."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, TypeVar
 
@@ -77,6 +77,37 @@ class Emit:
 
 Step: TypeAlias = Query | Aws | Atomic | Pause | Listen | Notices | Emit
 Steps: TypeAlias = Generator[Step, Any, T]
+
+
+class Stepper:
+    """How a runner drives a generator of steps: `next()` is the next step (None once the
+    generator has returned, its value then in `value`); each step's outcome goes back with
+    `answer(value)`, `fail(exception)` or `settle(thunk)` (a blocking call: either)."""
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self.steps = steps
+        self.value: Any = None
+        self._error: BaseException | None = None
+
+    def next(self) -> Step | None:
+        value, error, self.value, self._error = self.value, self._error, None, None
+        try:
+            return self.steps.throw(error) if error is not None else self.steps.send(value)
+        except StopIteration as done:
+            self.value = done.value
+            return None
+
+    def answer(self, value: Any) -> None:
+        self.value = value
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+
+    def settle(self, thunk: Callable[[], Any]) -> None:
+        try:
+            self.value = thunk()
+        except Exception as exc:
+            self._error = exc
 
 
 def rows(sql: str, *args: Any) -> Steps[list[Row]]:

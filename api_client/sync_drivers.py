@@ -22,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - only in an install without the 
 
 from api_client.errors import ClientConfigError
 from api_client.listening import LISTEN
-from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Steps
+from api_client.steps import Atomic, Aws, Emit, Listen, Notices, Pause, Query, Row, Stepper, Steps
 from jobcore.job_create import named, pyformat
 
 if TYPE_CHECKING:
@@ -172,25 +172,15 @@ class SyncRunner:
         self, steps: Steps[Any], on: SyncDriver, finished: list[Any] | None
     ) -> Iterator[Any]:
         listening: list[SyncListening] = []
-        value: Any = None
-        failure: BaseException | None = None
+        stepper = Stepper(steps)
         try:
-            while True:
-                try:
-                    step = steps.throw(failure) if failure else steps.send(value)
-                except StopIteration as done:
-                    if finished is not None:
-                        finished.append(done.value)
-                    return
-                failure = None
+            while (step := stepper.next()) is not None:
                 if finished is None and isinstance(step, Emit):
                     yield step.job
-                    value = None
-                    continue
-                try:
-                    value = self._do(step, on, listening)
-                except Exception as exc:
-                    value, failure = None, exc
+                else:
+                    stepper.settle(lambda: self._do(step, on, listening))
+            if finished is not None:
+                finished.append(stepper.value)
         finally:
             for handle in listening:
                 handle.close()
