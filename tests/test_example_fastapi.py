@@ -263,7 +263,7 @@ async def test_a_queue_outage_during_an_import_is_recovered_by_the_sweep(
             assert healthy.status_code == 200, healthy.text
             assert healthy.json()["failed"] == []
             assert {c["name"] for c in healthy.json()["checks"]} == {
-                "database", "queue", "dlq", "source_bucket"
+                "database", "queue", "dlq", "source_bucket", "pending"
             }  # fmt: skip
 
             proxy.cut()
@@ -276,7 +276,7 @@ async def test_a_queue_outage_during_an_import_is_recovered_by_the_sweep(
             job = response.json()["primary"]["job"]
             assert job["status"] == "queue_failed"
             assert job["error"].startswith("send failed")
-            assert "send failed; job kept as queue_failed" in app.output()
+            assert f"image_worker.producer: send failed for {job['id']}" in app.output()
             assert "Traceback" in app.output()  # the error is logged with its stack trace
 
             down = await http.get("/admin/health")

@@ -16,6 +16,7 @@ Run from the checkout (after `make install`):
 from __future__ import annotations
 
 import asyncio
+import logging
 import posixpath
 import uuid
 from collections.abc import AsyncIterator
@@ -40,6 +41,9 @@ from api_client import (
 )
 
 log = structlog.get_logger(__name__)
+# The producer library logs through stdlib logging (`image_worker.producer`) and shows nothing
+# until the app says where: here, stderr beside uvicorn's lines.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
 
 COPY_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 3.0
