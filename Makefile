@@ -140,5 +140,10 @@ bench-scaling: $(BIN)/image-worker
 	$(BIN)/python -m bench.scaling --compute gpu --charts bench/results
 	$(BIN)/python -m bench.scaling --compute cpu --charts bench/results
 
+# Completion without polling: wait_for_job by LISTEN against 0.5 s polling (p50/p95, 100 jobs).
+.PHONY: bench-wait
+bench-wait: $(BIN)/image-worker
+	$(BIN)/python bench/wait_latency.py
+
 clean:
 	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

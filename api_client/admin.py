@@ -1,9 +1,11 @@
 """Repairs and numbers: re-send `queue_failed` rows, re-queue `failed` jobs, move DLQ messages back,
 and the counts an operator watches.
 
-Only `queue_failed` rows are ever sent. A repair takes a batch of them with
-`SELECT ... FOR UPDATE SKIP LOCKED` in a transaction, sends their messages, and marks the sent
-ones `pending` before it commits, so two repairs running at once never send one row twice. (A
+Rows are sent by one path, `send_and_mark_pending`: the repairs send `queue_failed` rows, and the
+recovery sweep (api_client/recovery.py) also re-sends `pending` rows whose message is lost. It
+takes a batch with `SELECT ... FOR UPDATE SKIP LOCKED` in a transaction, sends their messages, and
+marks the sent ones `pending` before it commits, so two senders running at once never send one
+row twice. (A
 worker that receives a message before that commit waits for the row lock: its claim accepts
 `queue_failed` rows.) Re-queuing a `failed` job is two steps: reset it to `queue_failed`
 (attempts 0, error cleared) and commit, then send it like any `queue_failed` row; a crash between
@@ -13,24 +15,23 @@ the two leaves a row that `retry_queue_failed` sends later, never a `pending` ro
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
-
-import asyncpg
-import structlog
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from api_client.errors import ClientConfigError
+from api_client.sending import batch_calls, log_refused, send_messages
 from api_client.settings import ClientSettings
-from jobcore.job_queries import count_jobs, mark_queue_failed
+from api_client.steps import Pause, Steps, atomic, call, rows
+from jobcore.job_queries import COUNT_JOBS, MARK_QUEUE_FAILED, job_counts, mark_queue_failed_args
 from jobcore.jobs import JobStatus, MalformedMessage, decode_message
-from jobcore.queues import queue_depth
-from jobcore.sqs import CALL_ERRORS, SQS_BATCH, BatchOutcome, call_in_batches
+from jobcore.queues import QUEUE_DEPTH_ATTRIBUTES, depth_of, dlq_target
+from jobcore.sqs import CALL_ERRORS, SQS_BATCH, BatchOutcome
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
@@ -38,19 +39,47 @@ if TYPE_CHECKING:
         SendMessageBatchRequestEntryTypeDef,
     )
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger("image_worker.producer")
 
 
-class JobQueue(Protocol):
-    """What the repairs need of a `JobClient` (which passes itself)."""
+class Queues:
+    """What the repairs know of the queues: the settings and the DLQ once found."""
 
-    settings: ClientSettings
-    pool: asyncpg.Pool
-    sqs: SQSClient
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self._dlq_url: str | None = settings.dlq_url
 
-    async def send_messages(self, items: Sequence[uuid.UUID]) -> BatchOutcome[uuid.UUID]: ...
+    def dlq_url(self) -> Steps[str | None]:
+        """The DLQ: SQS_DLQ_URL, else the main queue's RedrivePolicy deadLetterTargetArn."""
+        if self._dlq_url is None:
+            response = yield from call(
+                "sqs",
+                "get_queue_attributes",
+                QueueUrl=self.settings.queue_url,
+                AttributeNames=["RedrivePolicy"],
+            )
+            target = dlq_target(response.get("Attributes", {}).get("RedrivePolicy"))
+            if target is not None:
+                found = yield from call(
+                    "sqs", "get_queue_url", QueueName=target[1], QueueOwnerAWSAccountId=target[0]
+                )
+                self._dlq_url = found["QueueUrl"]
+        return self._dlq_url
 
-    async def dlq_url(self) -> str | None: ...
+
+def queue_depth(url: str) -> Steps[dict[str, int]]:
+    response = yield from call(
+        "sqs",
+        "get_queue_attributes",
+        QueueUrl=url,
+        AttributeNames=list(QUEUE_DEPTH_ATTRIBUTES.values()),
+    )
+    return depth_of(response.get("Attributes", {}))
+
+
+def count_jobs(statuses: Iterable[JobStatus] = tuple(JobStatus)) -> Steps[Any]:
+    wanted = [status.value for status in statuses]
+    return job_counts(wanted, (yield from rows(COUNT_JOBS, wanted)))
 
 
 RESET_COLUMNS = """status = 'queue_failed', attempts = 0, error = NULL, claimed_by = NULL,
@@ -112,66 +141,78 @@ class QueueStats:
 # -- sending queue_failed rows -------------------------------------------------------------------
 
 
-async def retry_queue_failed(
-    client: JobQueue, *, limit: int = 100, batch_size: int = 10
-) -> Requeued:
+def retry_queue_failed(
+    settings: ClientSettings, *, limit: int = 100, batch_size: int = 10
+) -> Steps[Requeued]:
     """Send the messages of `queue_failed` rows, oldest first, at most `limit` rows, one
     transaction per batch of up to 10. Stops early when a whole batch fails (queue still down)."""
-    result = await _send_queue_failed(client, None, limit=limit, batch_size=batch_size)
+    positive("limit", limit)
+    positive("batch_size", batch_size)
+    result = yield from send_and_mark_pending(settings, None, limit=limit, batch_size=batch_size)
     if result.sent or result.failed:
-        log.info("queue_failed jobs re-sent", sent=len(result.sent), failed=len(result.failed))
+        log.info("queue_failed jobs re-sent: %d, failed: %d", len(result.sent), len(result.failed))
     return result
 
 
-async def _send_queue_failed(
-    client: JobQueue,
+def positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ClientConfigError(f"{name} must be a positive whole number, not {value!r}")
+
+
+TAKE_UNSENT = """
+SELECT id FROM image_processing_jobs
+ WHERE status = $4 AND id <> ALL($2::uuid[])
+   AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+   AND ($5::interval IS NULL OR updated_at < now() - $5::interval)
+ ORDER BY created_at, id
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED"""
+
+MARK_RESENT = """
+UPDATE image_processing_jobs
+   SET status = 'pending', updated_at = now(),
+       error = CASE WHEN status = 'queue_failed' THEN NULL ELSE error END
+ WHERE id = ANY($1::uuid[]) AND status = $2"""
+
+
+def send_and_mark_pending(
+    settings: ClientSettings,
     only: list[uuid.UUID] | None,
     *,
     limit: int,
     batch_size: int = SQS_BATCH,
     status: JobStatus = JobStatus.QUEUE_FAILED,
     idle_for: timedelta | None = None,
-    pace: Callable[[int], Awaitable[None]] | None = None,
-) -> Requeued:
+    pace: Callable[[int], float] | None = None,
+) -> Steps[Requeued]:
     """Send rows in `status` (`queue_failed`, or `pending` for the recovery sweep's re-sends)
     untouched for `idle_for`, and mark the sent ones `pending` (updated_at now) before commit.
-    `pace(n)` is awaited before each batch of up to n rows (a rate limit)."""
+    `pace(n)` says how long to wait before each batch of up to n rows (a rate limit)."""
     result = Requeued()
     tried: list[uuid.UUID] = []
     size = max(1, min(batch_size, SQS_BATCH))
+
+    def one_batch(wanted: int) -> Steps[tuple[list[uuid.UUID], BatchOutcome[uuid.UUID]]]:
+        records = yield from rows(TAKE_UNSENT, wanted, tried, only, status.value, idle_for)
+        ids = [record["id"] for record in records]
+        if not ids:
+            return ids, BatchOutcome()
+        logged: set[uuid.UUID] = set()
+        outcome = yield from send_messages(settings, ids, logged)
+        yield from rows(MARK_RESENT, outcome.sent, status.value)
+        if outcome.failed:
+            log_refused(outcome, logged)
+            yield from rows(MARK_QUEUE_FAILED, *mark_queue_failed_args(outcome.failed))
+        return ids, outcome
+
     while len(tried) < limit:
         wanted = min(size, limit - len(tried))
         if pace is not None:
-            await pace(wanted)
-        async with client.pool.acquire() as conn, conn.transaction():
-            records = await conn.fetch(
-                """SELECT id FROM image_processing_jobs
-                    WHERE status = $4 AND id <> ALL($2::uuid[])
-                      AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
-                      AND ($5::interval IS NULL OR updated_at < now() - $5::interval)
-                    ORDER BY created_at, id
-                    LIMIT $1
-                      FOR UPDATE SKIP LOCKED""",
-                wanted,
-                tried,
-                only,
-                status.value,
-                idle_for,
-            )
-            ids = [record["id"] for record in records]
-            if not ids:
-                break
-            tried.extend(ids)
-            outcome = await client.send_messages(ids)
-            await conn.execute(
-                """UPDATE image_processing_jobs
-                      SET status = 'pending', updated_at = now(),
-                          error = CASE WHEN status = 'queue_failed' THEN NULL ELSE error END
-                    WHERE id = ANY($1::uuid[]) AND status = $2""",
-                outcome.sent,
-                status.value,
-            )
-            await _record_send_failures(conn, outcome)
+            yield Pause(pace(wanted))
+        ids, outcome = yield from atomic(one_batch(wanted))
+        if not ids:
+            break
+        tried.extend(ids)
         result.sent.extend(outcome.sent)
         result.failed.update(outcome.failed)
         if not outcome.sent or len(ids) < wanted:  # queue down, or no more rows to take
@@ -179,105 +220,118 @@ async def _send_queue_failed(
     return result
 
 
-async def _record_send_failures(conn: asyncpg.Connection, outcome: BatchOutcome[uuid.UUID]) -> None:
-    if not outcome.failed:
-        return
-    for job_id, reason in outcome.failed.items():
-        log.error("send failed; job stays queue_failed", job_id=str(job_id), reason=reason)
-    await mark_queue_failed(conn, outcome.failed)
+# Only `failed` rows: a `cancelled` one is never revived.
+RESET_FAILED = f"""
+UPDATE image_processing_jobs SET {RESET_COLUMNS}
+ WHERE id = ANY($1::uuid[]) AND status = 'failed'
+RETURNING id"""
 
 
-async def _reset_failed(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+def reset_failed(ids: list[uuid.UUID]) -> Steps[list[uuid.UUID]]:
     """`failed` -> `queue_failed` with attempts 0 and the error cleared (caller commits)."""
-    records = await conn.fetch(
-        f"""UPDATE image_processing_jobs SET {RESET_COLUMNS}
-             WHERE id = ANY($1::uuid[]) AND status = 'failed'
-         RETURNING id""",
-        ids,
-    )
-    return [record["id"] for record in records]
+    return [record["id"] for record in (yield from rows(RESET_FAILED, ids))]
 
 
 # -- retry_failed --------------------------------------------------------------------------------
 
+TAKE_FAILED = """
+SELECT id FROM image_processing_jobs
+ WHERE status = 'failed'
+   AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))
+   AND ($3::text IS NULL OR strpos(error, $3) > 0)
+   AND ($4::interval IS NULL OR created_at <= now() - $4::interval)
+ ORDER BY created_at, id
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED"""
 
-async def retry_failed(
-    client: JobQueue,
+
+class RetryFilter(TypedDict, total=False):
+    """Keyword arguments of `retry_failed` (both clients)."""
+
+    error_contains: str | None  # only jobs whose error contains this text
+    older_than: timedelta | None  # created at least this long ago
+    limit: int  # default 100
+
+
+STATUSES_OF = "SELECT id, status FROM image_processing_jobs WHERE id = ANY($1::uuid[])"
+
+
+def retry_failed(
+    settings: ClientSettings,
     job_ids: Iterable[uuid.UUID] | None = None,
     *,
     error_contains: str | None = None,
     older_than: timedelta | None = None,
     limit: int = 100,
-) -> Requeued:
+) -> Steps[Requeued]:
     """Reset `failed` jobs (attempts 0, error cleared) and send their messages; sent jobs are
     `pending`. The jobs are `job_ids`, or with None every failed job matching the filters, oldest
-    first, at most `limit`. Requested ids that are not `failed` come back in `skipped`."""
+    first, at most `limit`. Requested ids that are not `failed` (a `cancelled` job is never
+    revived) come back in `skipped`."""
+    positive("limit", limit)
     wanted = None if job_ids is None else list(dict.fromkeys(job_ids))
-    async with client.pool.acquire() as conn, conn.transaction():
-        records = await conn.fetch(
-            """SELECT id FROM image_processing_jobs
-                WHERE status = 'failed'
-                  AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))
-                  AND ($3::text IS NULL OR strpos(error, $3) > 0)
-                  AND ($4::interval IS NULL OR created_at <= now() - $4::interval)
-                ORDER BY created_at, id
-                LIMIT $1
-                  FOR UPDATE SKIP LOCKED""",
-            limit,
-            wanted,
-            error_contains,
-            older_than,
-        )
-        reset = await _reset_failed(conn, [record["id"] for record in records])
-    result = await _send_queue_failed(client, reset, limit=len(reset)) if reset else Requeued()
+    for job_id in wanted or ():
+        if not isinstance(job_id, uuid.UUID):
+            raise ClientConfigError(f"job_ids: not a uuid.UUID: {job_id!r}")
+
+    def take() -> Steps[list[uuid.UUID]]:
+        found = yield from rows(TAKE_FAILED, limit, wanted, error_contains, older_than)
+        return (yield from reset_failed([record["id"] for record in found]))
+
+    reset = yield from atomic(take())
+    result = Requeued()
+    if reset:
+        result = yield from send_and_mark_pending(settings, reset, limit=len(reset))
     handled = set(result.sent) | set(result.failed)
     for job_id in reset:
         if job_id not in handled:  # a concurrent retry_queue_failed sent it first
             result.skipped[job_id] = "re-queued by a concurrent retry"
-    if wanted is not None:
-        left = [job_id for job_id in wanted if job_id not in set(reset)]
-        if left:
-            rows = await client.pool.fetch(
-                "SELECT id, status FROM image_processing_jobs WHERE id = ANY($1::uuid[])", left
-            )
-            found = {r["id"]: r["status"] for r in rows}
-            for job_id in left:
-                status = found.get(job_id)
-                result.skipped[job_id] = (
-                    "not found" if status is None
-                    else f"status is {status}, not failed" if status != "failed"
-                    else "held by another retry, or over the limit"
-                )  # fmt: skip
-    log.info("failed jobs re-queued", sent=len(result.sent), failed=len(result.failed))
+    left = [job_id for job_id in wanted or () if job_id not in set(reset)]
+    if left:
+        found = {r["id"]: r["status"] for r in (yield from rows(STATUSES_OF, left))}
+        for job_id in left:
+            status = found.get(job_id)
+            result.skipped[job_id] = (
+                "not found" if status is None
+                else f"status is {status}, not failed" if status != "failed"
+                else "held by another retry, or over the limit"
+            )  # fmt: skip
+    log.info("failed jobs re-queued: %d, failed: %d", len(result.sent), len(result.failed))
     return result
 
 
 # -- redrive_dlq ---------------------------------------------------------------------------------
 
 
-async def redrive_dlq(
-    client: JobQueue,
+def redrive_dlq(
+    settings: ClientSettings,
+    queues: Queues,
     *,
     dlq_url: str | None = None,
     limit: int | None = None,
     wait_seconds: int = 1,
     visibility_seconds: int = 60,
-) -> DlqRedrive:
+) -> Steps[DlqRedrive]:
     """Move DLQ messages back to the main queue. A message whose job is `failed` resets the job
     (attempts 0, error cleared) and sends it once, like `retry_failed`; any other message (its job
-    not failed, unknown, or a malformed body) is copied to the queue as it is, as SQS's own
-    redrive would, and the worker decides. A DLQ message is deleted only once its job or copy is
-    on the queue; one whose send failed stays in the DLQ and is reported."""
-    url = dlq_url or await client.dlq_url()
+    not failed, cancelled, unknown, or a malformed body) is copied to the queue as it is, as SQS's
+    own redrive would, and the worker decides (it drops a finished job's message). A DLQ message
+    is deleted only once its job or copy is on the queue; one whose send failed stays in the DLQ
+    and is reported."""
+    if limit is not None:
+        positive("limit", limit)
+    url = dlq_url or (yield from queues.dlq_url())
     if not url:
         raise ClientConfigError(
-            "no DLQ: the queue has no RedrivePolicy; pass --dlq-url or set SQS_DLQ_URL"
+            "no DLQ: the queue has no RedrivePolicy; pass dlq_url (--dlq-url) or set SQS_DLQ_URL"
         )
     result = DlqRedrive(url)
     unsent: list[MessageTypeDef] = []
     while limit is None or result.moved + len(result.failed) < limit:
         room = SQS_BATCH if limit is None else limit - result.moved - len(result.failed)
-        response = await client.sqs.receive_message(
+        response = yield from call(
+            "sqs",
+            "receive_message",
             QueueUrl=url,
             MaxNumberOfMessages=min(SQS_BATCH, room),
             WaitTimeSeconds=wait_seconds,
@@ -287,36 +341,50 @@ async def redrive_dlq(
         messages = response.get("Messages", [])
         if not messages:
             break
-        moved = await _redrive_batch(client, messages, result)
+        moved = yield from redrive_batch(settings, messages, result)
         done = [m for m in messages if m["MessageId"] in moved]
         unsent.extend(m for m in messages if m["MessageId"] not in moved)
         if not done:
             break
-        await _delete(client.sqs, url, done)
+        outcome = yield from batch_calls(
+            "sqs", "delete_message_batch", done, entry=_delete_entry,
+            key=_message_id, verb="delete", QueueUrl=url,
+        )  # fmt: skip
+        for message_id, reason in outcome.failed.items():
+            log.warning("redriven message %s left in the DLQ: %s", message_id, reason)
     if unsent:
-        await _make_visible(client.sqs, url, unsent)
-    log.info("DLQ redriven", moved=result.moved, reset=len(result.reset), failed=len(result.failed))
+        outcome = yield from batch_calls(
+            "sqs", "change_message_visibility_batch", unsent, entry=_release_entry,
+            key=_message_id, verb="release", QueueUrl=url,
+        )  # fmt: skip
+        for message_id, reason in outcome.failed.items():
+            log.warning("unsent DLQ message %s returns after its timeout: %s", message_id, reason)
+    log.info("DLQ redriven: moved %d, reset %d, failed %d", result.moved, len(result.reset),
+             len(result.failed))  # fmt: skip
     return result
 
 
-async def _redrive_batch(
-    client: JobQueue, messages: list[MessageTypeDef], result: DlqRedrive
-) -> set[str]:
+LOCK_KNOWN = "SELECT id FROM image_processing_jobs WHERE id = ANY($1::uuid[]) FOR UPDATE"
+
+
+def redrive_batch(
+    settings: ClientSettings, messages: list[MessageTypeDef], result: DlqRedrive
+) -> Steps[set[str]]:
     """Move one received batch; the ids of the DLQ messages that are now on the queue."""
     job_of: dict[str, uuid.UUID] = {}
     for message in messages:
         with contextlib.suppress(MalformedMessage):  # copied as is; the worker drops it
             job_of[message["MessageId"]] = decode_message(message.get("Body", ""))
-    async with client.pool.acquire() as conn, conn.transaction():
-        known = {
-            r["id"]
-            for r in await conn.fetch(
-                "SELECT id FROM image_processing_jobs WHERE id = ANY($1::uuid[]) FOR UPDATE",
-                list(set(job_of.values())),
-            )
-        }
-        reset = set(await _reset_failed(conn, list(known)))
-    sent = await _send_queue_failed(client, list(reset), limit=len(reset)) if reset else Requeued()
+
+    def lock_and_reset() -> Steps[tuple[set[uuid.UUID], set[uuid.UUID]]]:
+        found = yield from rows(LOCK_KNOWN, list(set(job_of.values())))
+        known = {r["id"] for r in found}
+        return known, set((yield from reset_failed(list(known))))
+
+    known, reset = yield from atomic(lock_and_reset())
+    sent = Requeued()
+    if reset:
+        sent = yield from send_and_mark_pending(settings, list(reset), limit=len(reset))
     moved: set[str] = set()
     failed: dict[str, str] = {}
     copies = []
@@ -331,24 +399,23 @@ async def _redrive_batch(
         else:
             copies.append(message)
     if copies:
-        outcome = await call_in_batches(
-            copies,
-            entry=_copy_entry,
-            key=lambda message: message["MessageId"],
-            call=lambda entries: client.sqs.send_message_batch(
-                QueueUrl=client.settings.queue_url, Entries=entries
-            ),
-            verb="send",
-        )
+        outcome = yield from batch_calls(
+            "sqs", "send_message_batch", copies, entry=_copy_entry, key=_message_id,
+            verb="send", QueueUrl=settings.queue_url,
+        )  # fmt: skip
         moved.update(outcome.sent)
         failed.update(outcome.failed)
         result.unknown += sum(1 for key in outcome.sent if job_of.get(key) not in known)
     for message_id, reason in failed.items():
-        log.error("DLQ message not moved", message_id=message_id, reason=reason)
+        log.error("DLQ message %s not moved: %s", message_id, reason)
     result.failed.update(failed)
     result.moved += len(moved)
     result.reset.extend(sorted(sent.sent))
     return moved
+
+
+def _message_id(message: MessageTypeDef) -> str:
+    return message["MessageId"]
 
 
 def _copy_entry(index: str, message: MessageTypeDef) -> SendMessageBatchRequestEntryTypeDef:
@@ -371,44 +438,19 @@ def _release_entry(
     return {"Id": index, "ReceiptHandle": message["ReceiptHandle"], "VisibilityTimeout": 0}
 
 
-async def _delete(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
-    outcome = await call_in_batches(
-        messages,
-        entry=_delete_entry,
-        key=lambda m: m["MessageId"],
-        call=lambda entries: sqs.delete_message_batch(QueueUrl=url, Entries=entries),
-        verb="delete",
-    )
-    for message_id, reason in outcome.failed.items():
-        log.warning("redriven message left in the DLQ", message_id=message_id, reason=reason)
-
-
-async def _make_visible(sqs: SQSClient, url: str, messages: list[MessageTypeDef]) -> None:
-    outcome = await call_in_batches(
-        messages,
-        entry=_release_entry,
-        key=lambda m: m["MessageId"],
-        call=lambda entries: sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries),
-        verb="release",
-    )
-    for message_id, reason in outcome.failed.items():
-        log.warning("unsent DLQ message returns after its timeout", message_id=message_id,
-                    reason=reason)  # fmt: skip
-
-
 # -- stats ---------------------------------------------------------------------------------------
 
 
-async def stats(client: JobQueue) -> QueueStats:
+def stats(settings: ClientSettings, queues: Queues) -> Steps[QueueStats]:
     """Jobs by status, the age of the oldest pending job, and queue and DLQ depth. SQS trouble
     does not hide the table numbers: the depths are None and `queue_error` says why."""
-    jobs = await count_jobs(client.pool)
+    jobs = yield from count_jobs()
     result = QueueStats(jobs.counts, jobs.oldest_pending_age_seconds, None, None)
     try:
-        result.queue = QueueDepth(**await queue_depth(client.sqs, client.settings.queue_url))
-        dlq = await client.dlq_url()
+        result.queue = QueueDepth(**(yield from queue_depth(settings.queue_url)))
+        dlq = yield from queues.dlq_url()
         if dlq is not None:
-            result.dlq = QueueDepth(**await queue_depth(client.sqs, dlq))
+            result.dlq = QueueDepth(**(yield from queue_depth(dlq)))
     except CALL_ERRORS as exc:
         result.queue_error = str(exc)
     return result

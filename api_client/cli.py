@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aioboto3
 import asyncpg
 from botocore.exceptions import ClientError
 
@@ -43,8 +42,11 @@ from api_client.output import (
 )
 from api_client.recovery import SweepReport, SweepSettings, sweep_forever
 from api_client.settings import ClientSettings
+from jobcore.aws import aws_client
+from jobcore.cancel_queries import CancelOutcome
 from jobcore.jobs import Job, JobStatus
 from jobcore.log_setup import configure_logging
+from jobcore.recipe import Recipe, RecipeError
 from jobcore.s3_errors import is_missing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
@@ -113,6 +115,7 @@ def build_parser() -> Parser:
     inject.add_argument("--bucket", help="source bucket for uploads (default SOURCE_BUCKET)")
     inject.add_argument("--prefix", default="sources/", help="key prefix for uploads")
     inject.add_argument("--book-id", default=None)
+    _recipe_options(inject)
     _wait_options(inject)
     inject.add_argument(
         "--sheet",
@@ -131,7 +134,16 @@ def build_parser() -> Parser:
     enqueue.add_argument("--bucket", help="default SOURCE_BUCKET")
     enqueue.add_argument("--key", required=True, action="append", help="object key (repeatable)")
     enqueue.add_argument("--book-id", default=None)
+    _recipe_options(enqueue)
     _wait_options(enqueue)
+
+    cancel = add(
+        "cancel",
+        cmd_cancel,
+        "cancel a job: not yet claimed -> cancelled now; running -> its worker stops it",
+    )
+    cancel.add_argument("job_id", type=_job_id)
+    cancel.add_argument("--reason", help="kept on the row (default: cancelled)")
 
     raw = add("send-raw", cmd_send_raw, "send a raw message body (poison-handling tests)")
     raw.add_argument("body", help="message body; '-' reads stdin")
@@ -170,7 +182,7 @@ def build_parser() -> Parser:
     retry = add(
         "retry-failed",
         cmd_retry_failed,
-        "reset failed jobs to pending (attempts 0, error cleared), re-queue them",
+        "reset failed jobs to queue_failed (attempts 0, error cleared), then send them (pending)",
     )
     retry.add_argument("job_ids", nargs="*", type=_job_id)
     retry.add_argument("--all", action="store_true", help="every failed job (with the filters)")
@@ -215,6 +227,54 @@ def build_parser() -> Parser:
     )
     health.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds per check")
     return parser
+
+
+# Recipe field -> flag; every flag's value is the field's (thumbnails: --thumbnail, repeatable).
+RECIPE_FLAGS = {
+    "model": "--model",
+    "fallback_model": "--fallback-model",
+    "matting": "--matting",
+    "background": "--background",
+    "format": "--format",
+    "trim": "--trim",
+    "padding": "--padding",
+    "max_size": "--max-size",
+    "thumbnails": "--thumbnail",
+    "min_subject_px": "--min-subject-px",
+}
+
+
+def _recipe_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("recipe (default: the worker's DEFAULT_RECIPE)")
+    group.add_argument("--model", help="rembg model name, e.g. u2netp, u2net, isnet-general-use")
+    group.add_argument("--fallback-model", help="model of the last attempt")
+    group.add_argument("--matting", action="store_true", default=None, help="refine the edge")
+    group.add_argument("--background", help="transparent, auto or #RRGGBB")
+    group.add_argument("--format", help="png, webp or jpeg")
+    group.add_argument("--trim", action="store_true", default=None, help="crop to the subject")
+    group.add_argument("--padding", type=int, help="pixels around the trimmed subject")
+    group.add_argument("--max-size", type=int, help="bound on the longer side, pixels")
+    group.add_argument(
+        "--thumbnail", type=int, action="append", help="a JPEG preview's longer side (repeatable)"
+    )
+    group.add_argument("--min-subject-px", type=int, help="smallest subject box side, pixels")
+
+
+def recipe_from(args: argparse.Namespace) -> Recipe | None:
+    """The recipe the flags ask for (None: no flag given); an invalid one is an error naming
+    its flag."""
+    given = {
+        field: getattr(args, flag[2:].replace("-", "_"))
+        for field, flag in RECIPE_FLAGS.items()
+        if getattr(args, flag[2:].replace("-", "_")) is not None
+    }
+    if not given:
+        return None
+    try:
+        return Recipe(**given)
+    except RecipeError as exc:
+        flag = RECIPE_FLAGS.get(exc.field, f"--{exc.field.replace('_', '-')}")
+        raise ClientConfigError(f"{flag}: {str(exc).partition(': ')[2]}") from None
 
 
 def _wait_options(sub: argparse.ArgumentParser) -> None:
@@ -295,6 +355,7 @@ async def cmd_inject(settings: ClientSettings, args: argparse.Namespace, out: Ou
     bucket = args.bucket or settings.source_bucket
     if uploads and not bucket:
         raise ClientConfigError("no source bucket for uploads: pass --bucket or set SOURCE_BUCKET")
+    recipe = recipe_from(args)
     show = args.progress if args.progress is not None else sys.stderr.isatty() and len(uploads) > 1
     progress = Progress(len(uploads), "uploaded", bool(show))
     async with JobClient.connect(settings) as client:
@@ -315,9 +376,9 @@ async def cmd_inject(settings: ClientSettings, args: argparse.Namespace, out: Ou
         finally:
             progress.close()
         specs = [
-            NewJob(keys[s], bucket, args.book_id)
+            NewJob(keys[s], bucket, args.book_id, recipe=recipe)
             if isinstance(s, Path)
-            else NewJob(s[1], s[0], args.book_id)
+            else NewJob(s[1], s[0], args.book_id, recipe=recipe)
             for s in sources
         ]
         jobs = await client.create_jobs(specs)
@@ -358,9 +419,12 @@ async def cmd_enqueue(settings: ClientSettings, args: argparse.Namespace, out: O
     bucket = args.bucket or settings.source_bucket
     if not bucket:
         raise ClientConfigError("no bucket: pass --bucket or set SOURCE_BUCKET")
+    recipe = recipe_from(args)
     async with JobClient.connect(settings) as client:
         await _check_objects(client, [(bucket, key) for key in args.key])
-        jobs = await client.create_jobs([NewJob(key, bucket, args.book_id) for key in args.key])
+        jobs = await client.create_jobs(
+            [NewJob(key, bucket, args.book_id, recipe=recipe) for key in args.key]
+        )
         for job in jobs:
             out.emit(job.to_dict(), f"{job.id} {job.status} s3://{bucket}/{job.source_key}")
         return await _warn_unsent_and_wait(client, jobs, args, out)
@@ -401,7 +465,7 @@ async def _wait_one(client: JobClient, job: Job, deadline: float, out: Output) -
     """Wait for one job and print its outcome; True when it completed."""
     try:
         finished = await client.wait_for_job(
-            job.id, timeout=max(0.0, deadline - time.monotonic()), interval=0.25
+            job.id, timeout=max(0.001, deadline - time.monotonic()), interval=0.25
         )
     except JobWaitTimeout as exc:
         out.emit(
@@ -423,17 +487,27 @@ async def cmd_send_raw(settings: ClientSettings, args: argparse.Namespace, out: 
     if not body:
         raise ClientConfigError("the message body is empty")
     queue_url = args.queue_url or settings.queue_url
-    session = aioboto3.Session()
-    async with session.client(
-        "sqs",
-        endpoint_url=settings.aws_endpoint_url,
-        region_name=settings.aws_region,
-        config=settings.boto_config(),
-    ) as sqs:
+    async with aws_client("sqs", settings.aws_options()) as sqs:
         response = await sqs.send_message(QueueUrl=queue_url, MessageBody=body)
     message_id = response["MessageId"]
     out.emit({"message_id": message_id, "queue_url": queue_url}, f"sent {message_id}")
     return EXIT_OK
+
+
+async def cmd_cancel(settings: ClientSettings, args: argparse.Namespace, out: Output) -> int:
+    async with JobClient.connect(settings) as client:
+        result = await client.cancel_job(args.job_id, args.reason)
+    payload = {"outcome": result.outcome.value, "job": result.job.to_dict() if result.job else None}
+    out.emit(payload, f"{args.job_id} {CANCEL_TEXT[result.outcome]}")
+    return EXIT_JOB_FAILED if result.outcome is CancelOutcome.NOT_FOUND else EXIT_OK
+
+
+CANCEL_TEXT = {
+    CancelOutcome.CANCELLED: "cancelled",
+    CancelOutcome.REQUESTED: "is running: asked to stop (it ends as cancelled, leaving no object)",
+    CancelOutcome.ALREADY_FINISHED: "already finished; unchanged",
+    CancelOutcome.NOT_FOUND: "not found",
+}
 
 
 # -- looking -------------------------------------------------------------------------------------

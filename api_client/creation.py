@@ -1,23 +1,49 @@
-"""What the async (`JobClient`) and sync (`SyncJobClient`) producers decide the same way, without
-I/O: a job's spec from the call's arguments, whether a repeat of an idempotency key is
-acceptable, and which of a book's images becomes its primary-image job."""
+"""Creating jobs, once for both producers: a job's spec from the call's arguments (every bad
+argument named), whether a repeat of an idempotency key is acceptable, which of a book's images
+becomes its primary-image job, and the steps that write the rows (`BatchCore`)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import structlog
+from typing import Any, TypedDict
 
 from api_client.errors import ClientConfigError
 from api_client.settings import ClientSettings
-from jobcore.job_create import Created, IdempotencyConflict, JobSpec, differences
+from api_client.steps import Row, Steps, rows
+from jobcore.job_create import (
+    FIND_EXISTING,
+    INSERT_JOBS,
+    Created,
+    IdempotencyConflict,
+    JobSpec,
+    differences,
+    find_existing_args,
+    insert_args,
+    match_created,
+)
 from jobcore.jobs import Job
 from jobcore.recipe import Recipe
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger("image_worker.producer")
+
+
+class PrimaryOptions(TypedDict, total=False):
+    """Keyword arguments of `create_primary_image_job` (both clients and their batches)."""
+
+    source_bucket: str | None
+    idempotency_key: str | None
+    job_id: uuid.UUID | None
+    delay_seconds: int
+    recipe: Recipe | Mapping[str, Any] | None
+
+
+class JobOptions(PrimaryOptions, total=False):
+    """Keyword arguments of `create_job` (both clients and their batches): `NewJob`'s fields."""
+
+    book_id: str | int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +53,11 @@ class NewJob:
 
     source_key: str
     source_bucket: str | None = None
-    book_id: str | None = None
+    book_id: str | int | None = None  # stored as text
     delay_seconds: int = 0
     idempotency_key: str | None = None
     job_id: uuid.UUID | None = None
-    recipe: Recipe | None = None  # None: the worker's DEFAULT_RECIPE
+    recipe: Recipe | Mapping[str, Any] | None = None  # None: the worker's DEFAULT_RECIPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,22 +113,67 @@ def bucket_for(settings: ClientSettings, source_bucket: str | None) -> str:
     bucket = source_bucket or settings.source_bucket
     if not bucket:
         raise ClientConfigError("no source bucket: pass source_bucket or set SOURCE_BUCKET")
+    if not isinstance(bucket, str):
+        raise ClientConfigError(f"source_bucket must be a string, not {bucket!r}")
     return bucket
+
+
+def job_id_of(value: object, name: str = "job_id") -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise ClientConfigError(f"{name} must be a job id (UUID), not {value!r}")
+
+
+def book_text(book_id: object) -> str | None:
+    """`book_id` as stored: an int or a non-empty string, as text."""
+    if book_id is None:
+        return None
+    if isinstance(book_id, bool) or not isinstance(book_id, int | str) or book_id == "":
+        raise ClientConfigError(f"book_id must be an int or a non-empty string, not {book_id!r}")
+    return str(book_id)
+
+
+def recipe_of(value: object) -> Recipe | None:
+    """A Recipe, or a mapping of its fields (an API payload); a bad one raises RecipeError
+    naming the field."""
+    if value is None or isinstance(value, Recipe):
+        return value
+    if isinstance(value, Mapping):
+        return Recipe.from_json(value)
+    raise ClientConfigError(f"recipe must be a Recipe or a mapping, not {type(value).__name__}")
 
 
 def spec_for(settings: ClientSettings, item: NewJob | str) -> JobSpec:
     new = NewJob(item) if isinstance(item, str) else item
+    if not isinstance(new, NewJob):
+        raise ClientConfigError(f"jobs: each item must be a NewJob or a key, not {new!r}")
+    if not isinstance(new.source_key, str) or not new.source_key:
+        raise ClientConfigError(f"source_key must be a non-empty string, not {new.source_key!r}")
+    delay = new.delay_seconds
+    # Over SQS's 900 s the send is refused per entry: the row stays queue_failed with the reason.
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise ClientConfigError(f"delay_seconds must be a whole number >= 0, not {delay!r}")
+    if new.job_id is not None and not isinstance(new.job_id, uuid.UUID):
+        raise ClientConfigError(f"job_id must be a uuid.UUID, not {new.job_id!r}")
+    recipe = recipe_of(new.recipe)  # a RecipeError names the field
     try:
         return JobSpec(
             id=new.job_id or uuid.uuid4(),
             source_bucket=bucket_for(settings, new.source_bucket),
             source_key=new.source_key,
-            book_id=new.book_id,
+            book_id=book_text(new.book_id),
             idempotency_key=new.idempotency_key,
-            delay_seconds=new.delay_seconds,
-            recipe=new.recipe,
+            delay_seconds=delay,
+            recipe=recipe,
         )
     except ValueError as exc:
+        if isinstance(exc, ClientConfigError):
+            raise
         raise ClientConfigError(str(exc)) from None
 
 
@@ -120,10 +191,10 @@ def check_repeats(created: Sequence[Created], tolerated: Tolerated | None = None
         if diff and not (tolerated and tolerated(item.spec, item.job)):
             raise IdempotencyConflict(item.spec, item.job, diff)
         log.info(
-            "repeat returns the existing job",
-            job_id=str(item.job.id),
-            idempotency_key=item.spec.idempotency_key,
-            status=item.job.status.value,
+            "repeat returns the existing job %s (idempotency key %r, %s)",
+            item.job.id,
+            item.spec.idempotency_key,
+            item.job.status.value,
         )
 
 
@@ -153,33 +224,98 @@ class PrimaryPlan:
 
 def plan_primary(
     settings: ClientSettings,
-    book_id: str,
+    book_id: str | int,
     images: Sequence[ImageCopy | str],
-    *,
-    source_bucket: str | None,
-    idempotency_key: str | None,
-    job_id: uuid.UUID | None,
-    delay_seconds: int,
+    options: PrimaryOptions,
 ) -> PrimaryPlan:
+    book = book_text(book_id)
+    if book is None:
+        raise ClientConfigError("book_id is required for a primary-image job")
+    if isinstance(images, str | bytes) or not isinstance(images, Sequence):
+        raise ClientConfigError(f"images must be a list of ImageCopy or keys, not {images!r}")
     copies = [ImageCopy(image) if isinstance(image, str) else image for image in images]
+    for image in copies:
+        if not isinstance(image, ImageCopy):
+            raise ClientConfigError(f"images: each must be an ImageCopy or a key, not {image!r}")
+    source_bucket = options.get("source_bucket")
     sources = tuple(
         (bucket_for(settings, image.bucket or source_bucket), image.key) for image in copies
     )
     skipped: dict[int, str] = {}
     for index, image in enumerate(copies):
         if image.ok:
-            spec = spec_for(
-                settings,
-                NewJob(
-                    image.key,
-                    image.bucket or source_bucket,
-                    book_id,
-                    delay_seconds,
-                    idempotency_key,
-                    job_id,
-                ),
+            bucket = image.bucket or source_bucket
+            new = NewJob(
+                image.key,
+                bucket,
+                book,
+                options.get("delay_seconds", 0),
+                options.get("idempotency_key"),
+                options.get("job_id"),
+                options.get("recipe"),
             )
-            return PrimaryPlan(book_id, sources, spec, skipped)
+            return PrimaryPlan(book, sources, spec_for(settings, new), skipped)
         skipped[index] = image.error or "not copied"
-    log.warning("no image of the book was copied; no job", book_id=book_id, skipped=skipped)
-    return PrimaryPlan(book_id, sources, None, skipped)
+    log.warning("no image of book %s was copied; no job (%s)", book, skipped)
+    return PrimaryPlan(book, sources, None, skipped)
+
+
+class BatchCore:
+    """The jobs of one transaction: the steps that write them, and their state. The jobs the
+    steps return are as written (`queue_failed`, not sent yet); `sent_state` is filled after
+    the commit by the send (api_client.sending)."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.created: list[Created] = []
+        self.sent_state: dict[uuid.UUID, Job] = {}
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Every job of the batch in creation order; after the send, as it stands then."""
+        return [self.sent_state.get(item.job.id, item.job) for item in self.created]
+
+    def settle(self, state: Mapping[uuid.UUID, Job]) -> None:
+        """After the send: record each job's state, and bring the Job objects already returned
+        to the caller up to it (in place: a caller that kept the job from `create_job` inside a
+        transaction or session reads the state after the send once it has committed)."""
+        self.sent_state = dict(state)
+        for item in self.created:
+            after = state.get(item.job.id)
+            if after is not None and after is not item.job:
+                for name in Job.__slots__:
+                    object.__setattr__(item.job, name, getattr(after, name))
+
+    def create_jobs(self, jobs: Iterable[NewJob | str]) -> Steps[list[Job]]:
+        if isinstance(jobs, str | bytes):
+            raise ClientConfigError("jobs must be a list of NewJob or keys, not one string")
+        specs = [spec_for(self.settings, item) for item in jobs]
+        return [item.job for item in (yield from self.write(specs))]
+
+    def create_job(self, source_key: str, options: JobOptions) -> Steps[Job]:
+        (job,) = yield from self.create_jobs([NewJob(source_key, **options)])
+        return job
+
+    def create_primary_image_job(
+        self, book_id: str | int, images: Sequence[ImageCopy | str], options: PrimaryOptions
+    ) -> Steps[PrimaryImageJob]:
+        plan = plan_primary(self.settings, book_id, images, options)
+        if plan.spec is None:
+            return plan.result(None)
+        (created,) = yield from self.write([plan.spec], tolerated=plan.tolerated)
+        return plan.result(created.job, repeat=created.repeat)
+
+    def write(
+        self, specs: Sequence[JobSpec], *, tolerated: Tolerated | None = None
+    ) -> Steps[list[Created]]:
+        if not specs:
+            return []
+        inserted = yield from rows(INSERT_JOBS, *insert_args(specs))
+        existing: list[Row] = []
+        if len(inserted) < len(specs):
+            args = find_existing_args(specs, (record["id"] for record in inserted))
+            existing = yield from rows(FIND_EXISTING, *args)
+        created = match_created(specs, inserted, existing)
+        check_repeats(created, tolerated)
+        self.created.extend(created)
+        return created

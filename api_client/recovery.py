@@ -1,8 +1,8 @@
 """Automatic recovery of jobs whose message is not on the queue, with no operator.
 
 One pass (`sweep`) does two things, each row under `SELECT ... FOR UPDATE SKIP LOCKED` (through
-`requeue.send_and_mark_pending`, the same path as `image-jobs retry-queue-failed`), so any number
-of sweepers can run at once and each row is sent by one of them:
+`admin.send_and_mark_pending`, the same path as `image-jobs retry-queue-failed`), so any number of
+sweepers can run at once and each row is sent by one of them:
 
 1. `queue_failed` rows untouched for the grace period (SWEEP_GRACE_SECONDS, default 60 s) are sent
    and marked `pending` before commit. The grace period covers a producer that wrote the row in
@@ -25,29 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
-import structlog
 
+from api_client.admin import Requeued, count_jobs, queue_depth, send_and_mark_pending
 from api_client.errors import ClientConfigError
-from api_client.event_catchup import sweep_events
-from api_client.requeue import JobQueue, Requeued, send_and_mark_pending
-from api_client.settings import config_error
+from api_client.event_catchup import catch_up_events
+from api_client.settings import ClientSettings, config_error
+from api_client.steps import Steps, rows
 from jobcore.env import EnvReader
 from jobcore.event_outbox import EventCatchUp
-from jobcore.job_queries import count_jobs
 from jobcore.jobs import JobStatus
-from jobcore.queues import queue_depth
-from jobcore.recovery_queries import UnsentBacklog, unsent_backlog
+from jobcore.recovery_queries import UNSENT_BACKLOG, UnsentBacklog, backlog_of
 from jobcore.sqs import CALL_ERRORS
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger("image_worker.producer")
 
 EMF_NAMESPACE = "ImageWorker/Recovery"
 # What a failed pass of the loop may raise; anything else is a bug and stops the loop.
@@ -112,18 +111,17 @@ class SweepSettings:
 
 class Pacer:
     """A rate limit across batches: the first batch goes at once, each next one waits until the
-    messages already sent fit `per_second`."""
+    messages already sent fit `per_second`. Calling it says how long to wait first."""
 
     def __init__(self, per_second: float) -> None:
         self.per_second = per_second
         self._next = 0.0
 
-    async def __call__(self, count: int) -> None:
+    def __call__(self, count: int) -> float:
         now = time.monotonic()
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
-            now = time.monotonic()
+        wait = max(0.0, self._next - now)
         self._next = max(now, self._next) + count / self.per_second
+        return wait
 
 
 @dataclass
@@ -202,61 +200,69 @@ class SweepReport:
         }
 
 
-async def missing_messages(client: JobQueue) -> int | None:
+def missing_messages(settings: ClientSettings) -> Steps[int | None]:
     """How many open rows have no message on the queue, estimated from SQS's approximate counts:
     every pending or processing row should have one (visible, in flight, or delayed)."""
     try:
-        depth = await queue_depth(client.sqs, client.settings.queue_url)
+        depth = yield from queue_depth(settings.queue_url)
     except CALL_ERRORS as exc:
-        log.warning("queue depth unavailable; stale pending rows left for the next pass",
-                    error=str(exc))  # fmt: skip
+        log.warning("queue depth unavailable; stale pending rows left for the next pass: %s", exc)
         return None
-    jobs = await count_jobs(client.pool, (JobStatus.PENDING, JobStatus.PROCESSING))
-    return max(0, sum(jobs.counts.values()) - sum(depth.values()))
+    jobs = yield from count_jobs((JobStatus.PENDING, JobStatus.PROCESSING))
+    return max(0, int(sum(jobs.counts.values())) - sum(depth.values()))
 
 
-async def sweep(client: JobQueue, settings: SweepSettings | None = None) -> SweepReport:
+def sweep(
+    settings: ClientSettings, sweep_settings: SweepSettings | None = None
+) -> Steps[SweepReport]:
     """One recovery pass (see the module's docstring). Send failures are reported, not raised; a
     database that cannot be reached raises."""
-    settings = settings or SweepSettings()
+    options = sweep_settings or SweepSettings()
     started = time.monotonic()
-    pace = Pacer(settings.max_per_second)
+    pace = Pacer(options.max_per_second)
     report = SweepReport()
-    sent = await send_and_mark_pending(
-        client,
+    sent = yield from send_and_mark_pending(
+        settings,
         None,
-        limit=settings.max_per_pass,
-        idle_for=timedelta(seconds=settings.grace_seconds),
+        limit=options.max_per_pass,
+        idle_for=timedelta(seconds=options.grace_seconds),
         pace=pace,
     )
     _merge(report, sent, report.queue_failed_sent)
-    budget = settings.max_per_pass - len(sent.sent) - len(sent.failed)
+    budget = options.max_per_pass - len(sent.sent) - len(sent.failed)
     if budget > 0 and not sent.failed:  # a failed send: the queue is down, leave the rest be
-        report.missing_messages = await missing_messages(client)
+        report.missing_messages = yield from missing_messages(settings)
         if report.missing_messages:
-            resent = await send_and_mark_pending(
-                client,
+            resent = yield from send_and_mark_pending(
+                settings,
                 None,
                 limit=min(budget, report.missing_messages),
                 status=JobStatus.PENDING,
-                idle_for=timedelta(seconds=settings.pending_after_seconds),
+                idle_for=timedelta(seconds=options.pending_after_seconds),
                 pace=pace,
             )
             _merge(report, resent, report.pending_resent)
-    report.events = await sweep_events(client, settings)
-    report.backlog = await unsent_backlog(
-        client.pool, timedelta(seconds=settings.pending_after_seconds)
-    )
+    (found,) = yield from rows(UNSENT_BACKLOG, timedelta(seconds=options.pending_after_seconds))
+    report.backlog = backlog_of(found)
+    report.events = yield from catch_up_events(options)
     report.duration_seconds = time.monotonic() - started
     acted = report.queue_failed_sent or report.pending_resent or report.send_failures
-    (log.info if acted else log.debug)(
-        "recovery sweep",
-        queue_failed_sent=len(report.queue_failed_sent),
-        pending_resent=len(report.pending_resent),
-        send_failures=len(report.send_failures),
-        queue_failed_left=report.backlog.queue_failed,
+    log.log(
+        logging.INFO if acted else logging.DEBUG,
+        "recovery sweep: queue_failed sent %d, pending re-sent %d, send failures %d,"
+        " queue_failed left %d",
+        len(report.queue_failed_sent),
+        len(report.pending_resent),
+        len(report.send_failures),
+        report.backlog.queue_failed,
     )
     return report
+
+
+class Sweeper(Protocol):
+    """What `sweep_forever` needs: a `JobClient`."""
+
+    async def sweep(self, settings: SweepSettings | None = None) -> SweepReport: ...
 
 
 def _merge(report: SweepReport, requeued: Requeued, into: list[uuid.UUID]) -> None:
@@ -265,7 +271,7 @@ def _merge(report: SweepReport, requeued: Requeued, into: list[uuid.UUID]) -> No
 
 
 async def sweep_forever(
-    client: JobQueue,
+    client: Sweeper,
     settings: SweepSettings,
     stop: asyncio.Event,
     *,
@@ -276,10 +282,10 @@ async def sweep_forever(
     while not stop.is_set():
         try:
             async with asyncio.timeout(settings.pass_timeout_seconds):
-                report = await sweep(client, settings)
+                report = await client.sweep(settings)
         except PASS_ERRORS as exc:
-            log.warning("recovery sweep failed; trying again next interval", error=str(exc)
-                        or type(exc).__name__)  # fmt: skip
+            log.warning("recovery sweep failed; trying again next interval: %s",
+                        str(exc) or type(exc).__name__)  # fmt: skip
         else:
             if on_pass is not None:
                 on_pass(report)

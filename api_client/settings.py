@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from botocore.config import Config
-
 from api_client.errors import ClientConfigError
 from jobcore.aws import AwsOptions
 from jobcore.env import EnvReader
@@ -22,6 +20,8 @@ class ClientSettings:
     dlq_url: str | None = None
     connect_timeout: float = 10.0  # database and AWS connect timeout, seconds
     aws_max_attempts: int = 3  # botocore "standard" retry mode: total tries per call
+    ecs_cluster: str | None = None  # with ecs_service: check_health reports the worker service
+    ecs_service: str | None = None
 
     @classmethod
     def from_env(
@@ -42,6 +42,8 @@ class ClientSettings:
             dlq_url=reader.optional("SQS_DLQ_URL"),
             connect_timeout=reader.duration("CLIENT_CONNECT_TIMEOUT_SECONDS", 10.0, above=0),
             aws_max_attempts=reader.integer("AWS_MAX_ATTEMPTS", 3, low=1),
+            ecs_cluster=reader.optional("ECS_CLUSTER"),
+            ecs_service=reader.optional("ECS_SERVICE"),
         )
         reader.check(config_error)
         return settings
@@ -55,9 +57,6 @@ class ClientSettings:
             read_timeout=max(30.0, self.connect_timeout),
             max_attempts=self.aws_max_attempts,
         )
-
-    def boto_config(self) -> Config:
-        return self.aws_options().config()
 
 
 def config_error(problems: list[str]) -> ClientConfigError:

@@ -110,6 +110,16 @@ class JobEvent:
         )
 
 
+def publish_entry(entry_id: str, event: JobEvent) -> PublishBatchRequestEntryTypeDef:
+    """One PublishBatch entry. The message attribute `status` lets a subscription filter (e.g.
+    only `completed`)."""
+    return {
+        "Id": entry_id,
+        "Message": event.to_json(),
+        "MessageAttributes": {"status": {"DataType": "String", "StringValue": event.status.value}},
+    }
+
+
 class EventPublisher:
     """Publishes job-finished events to one SNS topic. The message attribute `status` lets a
     subscription filter (e.g. only `completed`)."""
@@ -121,18 +131,9 @@ class EventPublisher:
     async def publish(self, events: Sequence[JobEvent]) -> BatchOutcome[uuid.UUID]:
         """Every event ends as sent or failed (with the reason), named by its job id."""
 
-        def entry(entry_id: str, event: JobEvent) -> PublishBatchRequestEntryTypeDef:
-            return {
-                "Id": entry_id,
-                "Message": event.to_json(),
-                "MessageAttributes": {
-                    "status": {"DataType": "String", "StringValue": event.status.value}
-                },
-            }
-
         return await call_in_batches(
             events,
-            entry=entry,
+            entry=publish_entry,
             key=lambda event: event.id,
             call=lambda entries: self.sns.publish_batch(
                 TopicArn=self.topic_arn, PublishBatchRequestEntries=entries

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +39,21 @@ async def fetch_job(executor: Any, job_id: uuid.UUID) -> Job | None:
     return Job.from_record(record) if record else None
 
 
+COUNT_JOBS = """
+SELECT status, count(*) AS n, EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
+  FROM image_processing_jobs
+ WHERE status = ANY($1::text[])
+ GROUP BY status"""
+
+
 async def count_jobs(executor: Any, statuses: Sequence[JobStatus] = tuple(JobStatus)) -> JobCounts:
     """Jobs by status, and the age of the oldest pending one."""
     wanted = [status.value for status in statuses]
-    rows = await executor.fetch(
-        """SELECT status, count(*) AS n,
-                  EXTRACT(EPOCH FROM now() - min(created_at))::float8 AS oldest
-             FROM image_processing_jobs
-            WHERE status = ANY($1::text[])
-            GROUP BY status""",
-        wanted,
-    )
+    return job_counts(wanted, await executor.fetch(COUNT_JOBS, wanted))
+
+
+def job_counts(wanted: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> JobCounts:
+    """COUNT_JOBS' rows as counts for every wanted status and the oldest pending age."""
     counts = dict.fromkeys(wanted, 0)
     oldest: float | None = None
     for row in rows:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -23,13 +24,20 @@ async def discover_dlq_url(sqs: SQSClient, queue_url: str) -> str | None:
     """The DLQ named by the queue's RedrivePolicy (deadLetterTargetArn), or None without one.
     The ARN names the DLQ's owner: a DLQ in another account is found there, not in ours."""
     response = await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
-    policy = response.get("Attributes", {}).get("RedrivePolicy")
+    target = dlq_target(response.get("Attributes", {}).get("RedrivePolicy"))
+    if target is None:
+        return None
+    found = await sqs.get_queue_url(QueueName=target[1], QueueOwnerAWSAccountId=target[0])
+    return found["QueueUrl"]
+
+
+def dlq_target(policy: str | None) -> tuple[str, str] | None:
+    """(account, name) of the DLQ a RedrivePolicy names, or None without one."""
     if not policy:
         return None
     arn = json.loads(policy)["deadLetterTargetArn"]
     *_, account, name = arn.split(":", 5)
-    found = await sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
-    return found["QueueUrl"]
+    return account, name
 
 
 async def queue_depth(sqs: SQSClient, queue_url: str) -> dict[str, int]:
@@ -38,8 +46,9 @@ async def queue_depth(sqs: SQSClient, queue_url: str) -> dict[str, int]:
         QueueUrl=queue_url,
         AttributeNames=list(QUEUE_DEPTH_ATTRIBUTES.values()),  # type: ignore[arg-type]
     )
-    attributes = response.get("Attributes", {})
-    return {
-        state: int(attributes.get(name, 0))  # type: ignore[call-overload]
-        for state, name in QUEUE_DEPTH_ATTRIBUTES.items()
-    }
+    return depth_of(response.get("Attributes", {}))
+
+
+def depth_of(attributes: Mapping[Any, Any]) -> dict[str, int]:
+    """GetQueueAttributes' answer as messages by state (the keys of QUEUE_DEPTH_ATTRIBUTES)."""
+    return {state: int(attributes.get(name, 0)) for state, name in QUEUE_DEPTH_ATTRIBUTES.items()}

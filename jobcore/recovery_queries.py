@@ -16,10 +16,7 @@ class UnsentBacklog:
     oldest_pending_idle_seconds: float | None  # since the least recently touched pending row
 
 
-async def unsent_backlog(executor: Any, stale_after: timedelta) -> UnsentBacklog:
-    """`executor`: an asyncpg pool or connection."""
-    row = await executor.fetchrow(
-        """SELECT count(*) FILTER (WHERE status = 'queue_failed') AS queue_failed,
+UNSENT_BACKLOG = """SELECT count(*) FILTER (WHERE status = 'queue_failed') AS queue_failed,
                   EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'queue_failed'))
                       ::float8 AS oldest_queue_failed,
                   count(*) FILTER (WHERE status = 'pending' AND updated_at < now() - $1::interval)
@@ -27,9 +24,16 @@ async def unsent_backlog(executor: Any, stale_after: timedelta) -> UnsentBacklog
                   EXTRACT(EPOCH FROM now() - min(updated_at) FILTER (WHERE status = 'pending'))
                       ::float8 AS oldest_pending_idle
              FROM image_processing_jobs
-            WHERE status IN ('pending', 'queue_failed')""",
-        stale_after,
-    )
+            WHERE status IN ('pending', 'queue_failed')"""
+
+
+async def unsent_backlog(executor: Any, stale_after: timedelta) -> UnsentBacklog:
+    """`executor`: an asyncpg pool or connection."""
+    return backlog_of(await executor.fetchrow(UNSENT_BACKLOG, stale_after))
+
+
+def backlog_of(row: Any) -> UnsentBacklog:
+    """UNSENT_BACKLOG's one row."""
     return UnsentBacklog(
         queue_failed=row["queue_failed"],
         oldest_queue_failed_age_seconds=_not_negative(row["oldest_queue_failed"]),

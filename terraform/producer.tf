@@ -8,7 +8,10 @@
 #    GetQueueUrl / GetQueueAttributes (`admin.stats` reads depths and the RedrivePolicy);
 #  - DLQ: `image-jobs redrive` receives, deletes and re-shows messages, `stats` reads its depth;
 #  - source prefix: PutObject (upload_source), GetObject (HeadObject of `enqueue`);
-#  - source bucket: ListBucket (HeadBucket of the health check; makes a missing key a 404).
+#  - source bucket: ListBucket (HeadBucket of the health check; makes a missing key a 404);
+#  - result prefix: GetObject (`result_url` presigns GETs that run with this role's rights) and
+#    DeleteObject (`delete_jobs` removes a purged job's outputs);
+#  - the worker service: ecs:DescribeServices (`check_health` reports running/desired tasks).
 
 locals {
   producer_queue_actions = ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
@@ -21,6 +24,8 @@ locals {
   ]
   producer_object_actions = ["s3:PutObject", "s3:GetObject"]
   producer_bucket_actions = ["s3:ListBucket"]
+  producer_result_actions = ["s3:GetObject", "s3:DeleteObject"]
+  producer_service_actions = ["ecs:DescribeServices"]
 }
 
 data "aws_iam_policy_document" "producer" {
@@ -61,6 +66,33 @@ data "aws_iam_policy_document" "producer" {
         values   = ["s3.${local.region}.amazonaws.com"]
       }
     }
+  }
+
+  statement {
+    sid       = "ReadAndPurgeResults"
+    actions   = local.producer_result_actions
+    resources = [local.result_object_arn]
+  }
+
+  # An SSE-KMS result bucket: presigned result URLs (result_url) decrypt as this role.
+  dynamic "statement" {
+    for_each = var.result_bucket_kms_key_arn == null ? [] : [1]
+    content {
+      sid       = "ResultBucketKey"
+      actions   = ["kms:Decrypt"]
+      resources = [var.result_bucket_kms_key_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "WorkerServiceHealth"
+    actions   = local.producer_service_actions
+    resources = [aws_ecs_service.worker.id]
   }
 
   dynamic "statement" {

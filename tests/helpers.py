@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from api_client.client import JobClient
@@ -96,8 +99,26 @@ def setting_names(*readers: Callable[[Mapping[str, str]], object]) -> set[str]:
     return names
 
 
+class CapturedLogs:
+    """The stdlib log records of the `image_worker` loggers inside a `capture_logs` block."""
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+
+
+@contextmanager
+def capture_logs(caplog: pytest.LogCaptureFixture) -> Iterator[CapturedLogs]:
+    captured = CapturedLogs()
+    with caplog.at_level(logging.DEBUG, logger="image_worker"):
+        start = len(caplog.records)
+        yield captured
+        captured.records = [r for r in caplog.records[start:] if r.name.startswith("image_worker")]
+
+
 __all__ = [
     "CONTRACT_OUTPUT_FIELDS",
+    "CapturedLogs",
+    "capture_logs",
     "contract_fields",
     "eventually",
     "iou",

@@ -146,7 +146,6 @@ async def import_one(http: httpx.AsyncClient, aws: Aws, book_id: str, data: byte
     return job_id
 
 
-@pytest.mark.xfail(strict=False, reason="JobClient.result_url (producer) not on main yet")
 async def test_the_admin_page_in_chromium(
     database_url: str,
     aws: Aws,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from structlog.testing import capture_logs
 
 from api_client.client import (
     ClientConfigError,
@@ -28,7 +28,7 @@ from devstack.stack import create_queue_pair
 from jobcore.jobs import JobStatus, decode_message
 from jobcore.sqs import entry_outcomes
 from tests.conftest import Aws, StartWorker
-from tests.helpers import eventually, synthetic_scene, unused_port
+from tests.helpers import capture_logs, eventually, synthetic_scene, unused_port
 
 
 def settings_for(database_url: str, aws: Aws, **changes: Any) -> ClientSettings:
@@ -90,7 +90,7 @@ class RollBack(Exception):
 
 @pytest.mark.parametrize("outage", ["closed port", "missing queue"])
 async def test_create_job_with_queue_unreachable_keeps_a_queue_failed_row(
-    outage: str, database_url: str, aws: Aws, producer: JobClient
+    outage: str, database_url: str, aws: Aws, producer: JobClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     change = (
         {"aws_endpoint_url": f"http://127.0.0.1:{unused_port()}"}
@@ -98,7 +98,7 @@ async def test_create_job_with_queue_unreachable_keeps_a_queue_failed_row(
         else {"queue_url": missing_queue_url(aws)}
     )
     async with client_for(database_url, aws, **change) as broken:
-        with capture_logs() as logs:
+        with capture_logs(caplog) as logs:
             job = await broken.create_job("sources/a.jpg", book_id="book-1")
     assert job.status is JobStatus.QUEUE_FAILED
     assert job.error is not None
@@ -106,9 +106,9 @@ async def test_create_job_with_queue_unreachable_keeps_a_queue_failed_row(
     stored = await producer.get_job(job.id)
     assert stored == job
     assert stored.book_id == "book-1"
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert errors[0]["job_id"] == str(job.id)
-    assert isinstance(errors[0]["exc_info"], BaseException)  # logged with its stack trace
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert errors[0].job_id == str(job.id)  # type: ignore[attr-defined]
+    assert errors[0].exc_info is not None  # logged with its stack trace
 
     result = await producer.retry_queue_failed()
     assert result.sent == [job.id]

@@ -648,6 +648,10 @@ def test_no_inbound_by_default_metrics_only_from_scraper_security_groups(module:
 # `self.s3.<method>(`, `require_s3().<method>(` in api_client/*.py and in the shared modules it
 # imports (`from jobcore.<module> import`, once that package exists).
 PRODUCER_CALL = re.compile(r"\b(?:[a-z]+_)?(sqs|s3)(?:\(\))?\.([a-z][a-z0-9_]*)\(")
+# The producer core's calls as steps: `call("sqs", "get_queue_url", ...)`,
+# `batch_calls("sqs", "send_message_batch", ...)`, and presigned GETs (run with the role's rights).
+PRODUCER_STEP = re.compile(r"\b(?:call|batch_calls)\(\s*\"(sqs|s3|ecs)\",\s*\"([a-z][a-z0-9_]*)\"")
+PRESIGNED = re.compile(r"ClientMethod=\"([a-z_]+)\"")
 # Client methods that are not AWS operations (no IAM action).
 CLIENT_HELPERS = {"close", "get_paginator", "get_waiter", "can_paginate", "generate_presigned_url"}
 # The producer's health check (`check_health()`: GetQueueUrl, GetQueueAttributes, HeadBucket)
@@ -656,7 +660,8 @@ PRODUCER_HEALTH_CHECK_CALLS = {("sqs", "get_queue_url"), ("sqs", "get_queue_attr
                                ("s3", "head_bucket")}  # fmt: skip
 # S3 operations that IAM authorises under another action's name.
 S3_IAM_ACTION = {"HeadObject": "s3:GetObject", "HeadBucket": "s3:ListBucket",
-                 "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket"}  # fmt: skip
+                 "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
+                 "DeleteObjects": "s3:DeleteObject"}  # fmt: skip
 
 
 def producer_sources() -> list[Path]:
@@ -670,7 +675,10 @@ def producer_sources() -> list[Path]:
 def producer_calls() -> set[tuple[str, str]]:
     calls: set[tuple[str, str]] = set()
     for path in producer_sources():
-        calls.update(PRODUCER_CALL.findall(path.read_text()))
+        text = path.read_text()
+        calls.update(PRODUCER_CALL.findall(text))
+        calls.update(PRODUCER_STEP.findall(text))
+        calls.update(("s3", method) for method in PRESIGNED.findall(text))
     calls = {(service, method) for service, method in calls if method not in CLIENT_HELPERS}
     assert ("sqs", "send_message") in calls, calls
     return calls
@@ -684,6 +692,10 @@ def test_producer_call_pattern() -> None:
         "await s3.head_bucket(Bucket=b)\n"
         "self.s3_prefix.startswith(x)\n"
     )
+    assert PRODUCER_STEP.findall(
+        'yield from call("ecs", "describe_services", cluster=c)\n'
+        'yield from batch_calls(\n    "sqs", "delete_message_batch", done)\n'
+    ) == [("ecs", "describe_services"), ("sqs", "delete_message_batch")]
     assert found == [("sqs", "send_message"), ("sqs", "send_message_batch"),
                      ("s3", "head_object"), ("s3", "head_bucket")]  # fmt: skip
 
@@ -699,6 +711,8 @@ def producer_iam_action(service: str, method: str) -> str:
     operation = by_method[method]
     if service == "s3":
         return S3_IAM_ACTION.get(operation, f"s3:{operation}")
+    if service == "ecs":
+        return f"ecs:{operation}"
     return "sqs:" + operation.removesuffix("Batch")
 
 
@@ -715,7 +729,9 @@ def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) 
     assert output["value"] == "${data.aws_iam_policy_document.producer.json}"
     document = module.data["aws_iam_policy_document"]["producer"]
     statements = [
-        s for s in _statements(document) if s["sid"] not in {"QueueKey", "SourceBucketKey"}
+        s
+        for s in _statements(document)
+        if s["sid"] not in {"QueueKey", "SourceBucketKey", "ResultBucketKey"}
     ]
     granted = {a for s in statements for a in _resolve(module, s["actions"])}
     needed = {producer_iam_action(*call) for call in producer_calls()}
@@ -729,6 +745,14 @@ def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) 
     assert by_sid["RedriveDeadLetters"]["resources"] == ["${aws_sqs_queue.dlq.arn}"]
     assert by_sid["UploadSourcePhotos"]["resources"] == ["${local.source_object_arn}"]
     assert by_sid["SourceBucketHealth"]["resources"] == ["${local.source_bucket_arn}"]
+    # result_url presigns GetObject and delete_jobs deletes outputs: on the result prefix only.
+    assert by_sid["ReadAndPurgeResults"]["resources"] == ["${local.result_object_arn}"]
+    assert set(_resolve(module, by_sid["ReadAndPurgeResults"]["actions"])) == {
+        "s3:GetObject", "s3:DeleteObject"
+    }  # fmt: skip
+    assert module.locals["result_object_arn"].endswith("${var.result_prefix}*")
+    assert by_sid["WorkerServiceHealth"]["resources"] == ["${aws_ecs_service.worker.id}"]
+    assert _resolve(module, by_sid["WorkerServiceHealth"]["actions"]) == ["ecs:DescribeServices"]
     # Health checks need GetQueueUrl/GetQueueAttributes on the queue, not only SendMessage.
     assert {"sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"} == set(
         _resolve(module, by_sid["SendJobs"]["actions"])

@@ -21,7 +21,7 @@ from tests.helpers import unused_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / ".venv" / "bin" / "image-jobs"
-CHECKS = ["database", "queue", "dlq", "source_bucket"]
+CHECKS = ["database", "queue", "dlq", "source_bucket", "pending"]
 
 
 def settings_for(database_url: str, aws: Aws, **changes: object) -> ClientSettings:

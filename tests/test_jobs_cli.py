@@ -256,6 +256,46 @@ async def test_enqueue_and_send_raw(cli_env: dict[str, str], aws: Aws) -> None:
     assert result.code == 2
 
 
+async def test_recipe_flags_and_cancel(cli_env: dict[str, str], aws: Aws, db: asyncpg.Pool) -> None:
+    await aws.put("books/1.jpg", b"x")
+    flags = [
+        "--model", "u2net", "--fallback-model", "isnet-general-use", "--matting",
+        "--background", "#112233", "--format", "webp", "--trim", "--padding", "8",
+        "--max-size", "2048", "--thumbnail", "600", "--thumbnail", "300", "--min-subject-px", "100",
+    ]  # fmt: skip
+    result = await run(cli_env, "--json", "enqueue", "--key", "books/1.jpg", *flags)
+    assert result.code == 0, result.stderr
+    (job,) = result.json_lines()
+    assert job["recipe"] == {
+        "model": "u2net", "fallback_model": "isnet-general-use", "matting": True,
+        "background": "#112233", "format": "webp", "trim": True, "padding": 8,
+        "max_size": 2048, "thumbnails": [300, 600], "min_subject_px": 100,
+        "fallback_from_attempt": None,
+    }  # fmt: skip
+    stored = await db.fetchval("SELECT recipe->>'format' FROM image_processing_jobs")
+    assert stored == "webp"
+    plain = await run(cli_env, "--json", "inject", "s3://" + aws.bucket + "/books/1.jpg")
+    assert plain.json_lines()[0]["recipe"] is None  # no flag: the worker's DEFAULT_RECIPE
+
+    for bad, flag in (
+        (["--format", "jpeg"], "--format"),  # jpeg on a transparent background
+        (["--thumbnail", "3"], "--thumbnail"),
+        (["--padding", "4"], "--padding"),  # only with --trim
+        (["--background", "red"], "--background"),
+    ):
+        refused = await run(cli_env, "enqueue", "--key", "books/1.jpg", *bad)
+        assert refused.code == 2
+        one_clear_line(refused, flag)
+
+    cancelled = await run(cli_env, "cancel", job["id"], "--reason", "book removed")
+    assert (cancelled.code, cancelled.stdout.strip()) == (0, f"{job['id']} cancelled")
+    again = await run(cli_env, "--json", "cancel", job["id"])
+    assert again.json()["outcome"] == "already_finished"
+    assert again.json()["job"]["error"] == "book removed"
+    missing = await run(cli_env, "cancel", str(uuid.uuid4()))
+    assert missing.code == 1
+
+
 # -- looking -------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ endpoint that accepts connections and never answers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -13,13 +14,12 @@ from contextlib import contextmanager
 
 import asyncpg
 import pytest
-from structlog.testing import capture_logs
 
 from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobClient, NewJob
 from devstack.stack import drop_database, recreate_database
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
-from tests.helpers import eventually, synthetic_scene, unused_port, wait_finished
+from tests.helpers import capture_logs, eventually, synthetic_scene, unused_port, wait_finished
 from tests.test_api_client import (
     RollBack,
     client_for,
@@ -62,16 +62,16 @@ async def test_primary_image_job_is_for_the_first_image_copied(
 
 
 async def test_primary_image_with_no_image_copied_makes_no_job(
-    db: asyncpg.Pool, aws: Aws, producer: JobClient
+    db: asyncpg.Pool, aws: Aws, producer: JobClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     images = [ImageCopy.failed("a.jpg", "403 Forbidden"), ImageCopy("b.jpg", copied=False)]
-    with capture_logs() as logs:
+    with capture_logs(caplog) as logs:
         result = await producer.create_primary_image_job("b2", images)
     assert not result.queued
     assert (result.job, result.index, result.key) == (None, None, None)
     assert result.skipped == {0: "403 Forbidden", 1: "not copied"}
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
-        "no image of the book was copied; no job"
+    assert [r.getMessage() for r in logs.records if r.levelno == logging.WARNING] == [
+        "no image of book b2 was copied; no job ({0: '403 Forbidden', 1: 'not copied'})"
     ]
     assert await rows(db) == []
     assert await drain(aws) == []
@@ -79,7 +79,12 @@ async def test_primary_image_with_no_image_copied_makes_no_job(
 
 @pytest.mark.parametrize("outage", ["closed port", "missing queue"])
 async def test_primary_image_with_the_queue_down_keeps_a_queue_failed_job(
-    outage: str, database_url: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
+    outage: str,
+    database_url: str,
+    db: asyncpg.Pool,
+    aws: Aws,
+    producer: JobClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     change = (
         {"aws_endpoint_url": f"http://127.0.0.1:{unused_port()}"}
@@ -87,7 +92,7 @@ async def test_primary_image_with_the_queue_down_keeps_a_queue_failed_job(
         else {"queue_url": missing_queue_url(aws)}
     )
     async with client_for(database_url, aws, **change) as broken:
-        with capture_logs() as logs:
+        with capture_logs(caplog) as logs:
             result = await broken.create_primary_image_job(
                 "b3", [ImageCopy.failed("0.jpg", "gone"), ImageCopy("1.jpg")]
             )
@@ -96,9 +101,9 @@ async def test_primary_image_with_the_queue_down_keeps_a_queue_failed_job(
     assert result.job.status is JobStatus.QUEUE_FAILED
     assert result.job.error is not None
     assert result.job.error.startswith("send failed:")
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert [e["job_id"] for e in errors] == [str(result.job.id)]
-    assert isinstance(errors[0]["exc_info"], BaseException)  # with its stack trace
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert [r.job_id for r in errors] == [str(result.job.id)]  # type: ignore[attr-defined]
+    assert errors[0].exc_info is not None  # with its stack trace
     assert (await producer.retry_queue_failed()).sent == [result.job.id]
     assert await drain(aws) == [result.job.id]
 
@@ -379,3 +384,68 @@ async def test_a_repeat_waits_for_the_first_requests_transaction(
     if first_request == "commits":
         assert answered.id == written.id
     assert await drain(aws) == [answered.id]
+
+
+async def test_an_async_session_writes_in_its_transaction_and_sends_after_commit(
+    database_url: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    await db.execute("CREATE TABLE books (id text PRIMARY KEY)")
+    try:
+        async with AsyncSession(engine) as session:
+            await session.execute(text("INSERT INTO books VALUES ('b1')"))
+            job = await producer.create_job("sources/a.jpg", book_id="b1", session=session)
+            primary = await producer.create_primary_image_job("b1", ["b1/0.jpg"], session=session)
+            assert (job.status, job.error) == (JobStatus.QUEUE_FAILED, None)
+            assert await rows(db) == []  # not committed: invisible elsewhere
+            assert await drain(aws) == []
+            await session.commit()
+            assert job.status is JobStatus.PENDING  # the returned job: state after the send
+            assert primary.job is not None
+            assert primary.job.status is JobStatus.PENDING
+            assert sorted(await drain(aws)) == sorted([job.id, primary.job.id])
+            await producer.create_job("sources/dropped.jpg", session=session)
+            await session.rollback()
+        assert sorted(r["id"] for r in await rows(db)) == sorted([job.id, primary.job.id])
+        assert await db.fetchval("SELECT count(*) FROM books") == 1
+        assert await drain(aws) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_an_async_session_on_another_driver_is_refused(
+    database_url: str, producer: JobClient
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        async with AsyncSession(engine) as session:
+            with pytest.raises(ClientConfigError, match=r"asyncpg driver .*postgresql\+psycopg"):
+                await producer.create_job("sources/a.jpg", session=session)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_wait_closes_its_listening_connection(
+    db: asyncpg.Pool, producer: JobClient
+) -> None:
+    async def listening() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN %' AND state = 'idle'"
+        )
+        return bool(count)
+
+    async def none_listening() -> bool:
+        return not await listening()
+
+    job = await producer.create_job("sources/a.jpg")
+    waiting = asyncio.create_task(producer.wait_for_job(job.id, timeout=60))
+    await eventually(listening, timeout=30, interval=0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await eventually(none_listening, timeout=30, interval=0.05)

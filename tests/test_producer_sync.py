@@ -4,6 +4,7 @@ after `db.flush()`, the message goes out only when the session commits."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +17,12 @@ import pytest
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from structlog.testing import capture_logs
 
 from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, NewJob
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import JobStatus, decode_message
 from tests.conftest import Aws
-from tests.helpers import unused_port
+from tests.helpers import capture_logs, unused_port
 from tests.test_api_client import missing_queue_url, settings_for
 
 
@@ -109,17 +109,17 @@ def test_standalone_create_get_and_repeat(
 
 
 def test_standalone_with_the_queue_down_keeps_queue_failed_rows(
-    database_url: str, aws: Aws, sqs: Any, engine: Engine
+    database_url: str, aws: Aws, sqs: Any, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     closed = f"http://127.0.0.1:{unused_port()}"
-    with sync_client(database_url, aws, aws_endpoint_url=closed) as c, capture_logs() as logs:
+    with sync_client(database_url, aws, aws_endpoint_url=closed) as c, capture_logs(caplog) as logs:
         job = c.create_job("sources/a.jpg", idempotency_key="req-2")
     assert job.status is JobStatus.QUEUE_FAILED
     assert job.error is not None
     assert job.error.startswith("send failed:")
-    errors = [e for e in logs if e["log_level"] == "error"]
-    assert [e["job_id"] for e in errors] == [str(job.id)]
-    assert isinstance(errors[0]["exc_info"], BaseException)
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert [r.job_id for r in errors] == [str(job.id)]  # type: ignore[attr-defined]
+    assert errors[0].exc_info is not None
     with sync_client(database_url, aws) as client:  # the repeat sends it
         again = client.create_job("sources/a.jpg", idempotency_key="req-2")
     assert (again.id, again.status) == (job.id, JobStatus.PENDING)
@@ -178,6 +178,7 @@ def test_session_commit_sends_after_the_commit(
         assert job_rows(engine) == []  # not committed: invisible to other connections
         assert drain(sqs, aws) == []  # and not sent
         db.commit()
+        assert result.job.status is JobStatus.PENDING  # the returned job: state after the send
         stored = client.get_job(result.job.id)
     assert stored is not None
     assert stored.status is JobStatus.PENDING
@@ -203,7 +204,12 @@ def test_session_rollback_leaves_no_row_and_sends_nothing(
 
 
 def test_session_commit_with_the_queue_down_commits_and_keeps_queue_failed(
-    database_url: str, aws: Aws, sqs: Any, engine: Engine, db: asyncpg.Pool
+    database_url: str,
+    aws: Aws,
+    sqs: Any,
+    engine: Engine,
+    db: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with (
         sync_client(database_url, aws, queue_url=missing_queue_url(aws)) as broken,
@@ -211,12 +217,13 @@ def test_session_commit_with_the_queue_down_commits_and_keeps_queue_failed(
     ):
         session.add(Book(id="b1", title="t"))
         job = broken.create_job("sources/a.jpg", session=session)
-        with capture_logs() as logs:
+        with capture_logs(caplog) as logs:
             session.commit()  # never raises for queue trouble
     (row,) = job_rows(engine)
     assert (row[0], row[1]) == (job.id, "queue_failed")
     assert row[2].startswith("send failed:")
-    assert [e["job_id"] for e in logs if e["log_level"] == "error"] == [str(job.id)]
+    errors = [r for r in logs.records if r.levelno == logging.ERROR]
+    assert [r.job_id for r in errors] == [str(job.id)]  # type: ignore[attr-defined]
     assert drain(sqs, aws) == []
 
 

@@ -104,7 +104,7 @@ async def job_row(jobs: JobClient, job: Job) -> JobRow:
     )
     cutout_url = None
     if job.status is JobStatus.COMPLETED:
-        cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)  # type: ignore[attr-defined]
+        cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)
     recipe = recipe_summary(job)
     return JobRow(job, source_url, cutout_url, recipe, job.status in OPEN)
 

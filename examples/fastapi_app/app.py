@@ -28,6 +28,7 @@ Run from the checkout (after `make install`):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import posixpath
 from collections.abc import AsyncIterator
@@ -58,6 +59,9 @@ from examples.fastapi_app.operations import Outcome
 from examples.fastapi_app.settings import ExampleSettings
 
 log = structlog.get_logger(__name__)
+# The producer library logs through stdlib logging (`image_worker.producer`) and shows nothing
+# until the app says where: here, stderr beside uvicorn's lines.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
 
 COPY_TIMEOUT_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 3.0

@@ -28,7 +28,7 @@ async def attach_finished_jobs(jobs: JobClient) -> None:
     between the first catch-up and the LISTEN is not left behind."""
     await _catch_up(jobs.pool)
     caught_up = False
-    async for job in jobs.listen():  # type: ignore[attr-defined]
+    async for job in jobs.listen():
         if job.status is JobStatus.COMPLETED and job.book_id is not None:
             await _attach(jobs.pool, job.id, job.book_id, json.dumps(job.outputs))
         if not caught_up:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from api_client import Job, JobClient, JobStatus
+from api_client import CancelOutcome, Job, JobClient, JobStatus
 from examples.fastapi_app.books import queue_again
 
 CANCEL_REASON = "cancelled by an operator"
@@ -62,13 +62,12 @@ async def retry(jobs: JobClient, job_id: uuid.UUID) -> Outcome:
 
 
 async def cancel(jobs: JobClient, job_id: uuid.UUID) -> Outcome:
-    result = await jobs.cancel_job(job_id, CANCEL_REASON)  # type: ignore[attr-defined]
-    outcome = str(result.outcome)
-    if outcome == "not_found":
+    result = await jobs.cancel_job(job_id, CANCEL_REASON)
+    if result.outcome is CancelOutcome.NOT_FOUND:
         return unknown(job_id)
-    if outcome == "cancelled":
+    if result.outcome is CancelOutcome.CANCELLED:
         return Outcome(200, f"Job {job_id} is cancelled.", result.job)
-    if outcome == "requested":
+    if result.outcome is CancelOutcome.REQUESTED:
         return Outcome(
             202,
             f"Job {job_id} is running: its worker ends it as cancelled, leaving no cut-out.",

@@ -1,0 +1,1 @@
+"""The contract the worker and the producer share: job rows, SQS messages, S3 error codes."""

@@ -1,0 +1,1 @@
+"""Background-removal worker: SQS -> S3 -> rembg -> S3, job state in PostgreSQL."""
