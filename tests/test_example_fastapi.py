@@ -581,3 +581,30 @@ async def test_attach_processed_image_renumbers_once_and_ignores_other_jobs(
         )
     with pytest.raises(asyncpg.RaiseError, match='has no "image" output'):
         await attach(db, other, "b9", "null")
+
+
+async def test_the_admin_page_shows_a_row_without_a_cut_out_and_answers_bad_ids(
+    database_url: str, aws: Aws, db: asyncpg.Pool, launch_app: LaunchApp
+) -> None:
+    """A completed row that records no "image" output still renders (no picture, no 500); a
+    form posted with a malformed id comes back to the page with a sentence."""
+    odd = uuid.uuid4()
+    await db.execute(
+        """INSERT INTO image_processing_jobs (id, source_bucket, source_key, status, attempts,
+                                              result_bucket, result_key, outputs, completed_at)
+           VALUES ($1, $2, 'sources/x.jpg', 'completed', 1, $2, 'cutouts/x.jpg',
+                   '[{"name": "thumb-300", "bucket": "b", "key": "k.jpg"}]', now())""",
+        odd,
+        aws.bucket,
+    )
+    app = await launch_app(app_env(database_url, aws))
+    http = await app.ready()
+    page = await http.get("/admin")
+    assert page.status_code == 200, page.text
+    assert f'id="job-{odd}" data-job-id="{odd}" data-status="completed"' in page.text
+    assert "no cut-out" in page.text
+    posted = await http.post("/admin/actions/jobs/<script>/retry", follow_redirects=True)
+    assert posted.status_code == 200
+    assert "&#39;&lt;script&gt;&#39; is not a job id." in posted.text  # escaped, never raw
+    assert "no cut-out to show" in app.output()
+    assert await app.stop(), app.output()

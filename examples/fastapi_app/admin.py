@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from api_client import Job, JobClient, JobStatus
+from api_client import ClientConfigError, Job, JobClient, JobStatus
 from examples.fastapi_app import operations
 from examples.fastapi_app.errors import SERVICE_ERRORS, unavailable
 from examples.fastapi_app.operations import OPEN, Outcome
@@ -104,7 +104,10 @@ async def job_row(jobs: JobClient, job: Job) -> JobRow:
     )
     cutout_url = None
     if job.status is JobStatus.COMPLETED:
-        cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)
+        try:
+            cutout_url = await jobs.result_url(job, output="image", expires_in=URL_SECONDS)
+        except ClientConfigError as exc:  # a row that records no "image" output: no picture
+            log.warning("no cut-out to show", job_id=str(job.id), error=str(exc))
     recipe = recipe_summary(job)
     return JobRow(job, source_url, cutout_url, recipe, job.status in OPEN)
 
