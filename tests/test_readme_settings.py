@@ -43,7 +43,13 @@ def test_table_names_reads_only_the_first_column() -> None:
 
 
 def documents() -> list[Path]:
-    return [README, *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("examples/*/*.md"))]
+    """Every Markdown file of the checkout, outside hidden and build folders."""
+    skipped = {"build", "node_modules", "out"}
+    return sorted(
+        path
+        for path in REPO.rglob("*.md")
+        if not any(part.startswith(".") or part in skipped for part in path.relative_to(REPO).parts)
+    )
 
 
 def broken_links(path: Path) -> list[str]:
@@ -58,6 +64,8 @@ def broken_links(path: Path) -> list[str]:
 
 
 def test_relative_links_in_readme_and_docs_resolve_inside_the_repository() -> None:
+    assert README in documents()
+    assert REPO / "docs" / "changelog.md" in documents()
     broken = {str(p.relative_to(REPO)): b for p in documents() if (b := broken_links(p))}
     assert not broken, f"links to files that do not exist in a clone: {broken}"
 
