@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 
@@ -28,7 +27,6 @@ from api_client.sync_client import SyncJobClient
 from devstack.stack import drop_database, postgres_server, recreate_database
 from worker.migrate import migrate_url
 
-REPO = Path(__file__).resolve().parents[1]
 
 CONCURRENT = 10
 
