@@ -27,7 +27,6 @@ from api_client.sync_client import SyncJobClient
 from devstack.stack import drop_database, postgres_server, recreate_database
 from worker.migrate import migrate_url
 
-
 CONCURRENT = 10
 
 Waiter = Callable[[uuid.UUID], Awaitable[Job]]
