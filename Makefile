@@ -143,7 +143,7 @@ bench-scaling: $(BIN)/image-worker
 # Completion without polling: wait_for_job by LISTEN against 0.5 s polling (p50/p95, 100 jobs).
 .PHONY: bench-wait
 bench-wait: $(BIN)/image-worker
-	$(BIN)/python bench/wait_latency.py
+	$(BIN)/python -m bench.wait_latency
 
 clean:
 	rm -rf $(VENV) .models out .pytest_cache .mypy_cache .ruff_cache

@@ -51,7 +51,8 @@ SIZE = (1600, 1200)
 COUNT = "image_worker_stage_duration_seconds_count"
 MODEL_HOME = Path(os.environ.get("U2NET_HOME", str(REPO / ".models")))
 
-# The seed's recipe (../shared/REFERENCE.md): matting, black or white by luma, 300 px JPEG preview.
+# The seed's recipe (what the system users run today does): matting, black or white by luma,
+# 300 px JPEG preview.
 SEED_RECIPE = Recipe(matting=True, background="auto", thumbnails=(300,))
 SEED_THUMBNAIL = 300
 SEED_THUMBNAIL_QUALITY = 85

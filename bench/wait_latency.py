@@ -15,22 +15,17 @@ import argparse
 import asyncio
 import random
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from api_client import ClientSettings, Job, JobClient  # noqa: E402
-from api_client.sync_client import SyncJobClient  # noqa: E402
-from devstack.stack import drop_database, postgres_server, recreate_database  # noqa: E402
-from worker.migrate import migrate_url  # noqa: E402
+from api_client import ClientSettings, Job, JobClient
+from api_client.sync_client import SyncJobClient
+from devstack.stack import drop_database, postgres_server, recreate_database
+from worker.migrate import migrate_url
 
 CONCURRENT = 10
 

@@ -1,5 +1,5 @@
-"""Cancelling a job: SQL that the producers (`cancel_job` on both clients, `image-jobs cancel`) and
-the worker share.
+"""Cancelling a job: the SQL both producers run (`cancel_job` on both clients, `image-jobs cancel`);
+the worker's side of a cancel is `worker/cancellation.py`.
 
 - A row not yet claimed (`pending`, `queue_failed`) becomes `cancelled` at once: `error` and
   `cancel_reason` are the reason, `completed_at` is now, its event is owed (`event_pending`). Its

@@ -173,7 +173,7 @@ variable "result_bucket" {
 
 variable "result_prefix" {
   type        = string
-  description = "Key prefix of the cut-outs (RESULT_PREFIX): `<prefix><job_id>.png`. The worker may only PutObject under it."
+  description = "Key prefix of the cut-outs (RESULT_PREFIX): results `<prefix><job_id>.<ext>`, thumbnails under `<prefix><job_id>/`. The worker may only PutObject under it."
   default     = "cutouts/"
 
   validation {

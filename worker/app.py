@@ -1,5 +1,6 @@
 """Lifecycle: one AsyncExitStack opens everything in order (metrics/health server, thread pools,
-model, database pool, AWS clients) and closes it in reverse. Whoever opens a resource closes it."""
+model registry, database pool, AWS clients) and closes it in reverse. Whoever opens a resource
+closes it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""S3 stages: download the source, upload the cut-out. Errors are classified here, where the
+"""S3 stages: download the source, upload the outputs. Errors are classified here, where the
 S3 error codes are known."""
 
 from __future__ import annotations

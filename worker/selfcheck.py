@@ -15,8 +15,9 @@ the daemon will do, with the same clients and credentials, bounded in time:
   proves s3:ListBucket, without which S3 answers a missing key with 403 instead of 404;
 - result bucket: PutObject of a small probe at `<RESULT_PREFIX>_selfcheck.txt`, the one S3 write
   the worker makes (a missing grant or key policy would otherwise surface at the first job, as
-  retries into the DLQ). One fixed key, overwritten by every check; job results are
-  `<RESULT_PREFIX><uuid>.png`, so it never collides. The probe stays: one small fixed object.
+  retries into the DLQ). One fixed key, overwritten by every check; job outputs are
+  `<RESULT_PREFIX><uuid>.<ext>` and `<RESULT_PREFIX><uuid>/thumb-<N>.jpg`, so it never collides.
+  The probe stays: one small fixed object.
 
 Exit 0 with one `selfcheck: ok ...` line, or EXIT_FAILED (3) with one `selfcheck: <check>: <why>`
 line per failing check."""
