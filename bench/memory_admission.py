@@ -188,6 +188,9 @@ def worker_process(stack: Stack, cgroup: MemoryCgroup, tree: Path, **env: str) -
         "VISIBILITY_TIMEOUT_SECONDS": "600",
         "JOB_TIMEOUT_SECONDS": "900",
         "MAX_ATTEMPTS": "1",
+        # 8000 px sides: over MAX_IMAGE_SIDE's default (4096, refused before decoding); an
+        # operator who admits them raises it, and MAX_IMAGE_PIXELS then bounds the input.
+        "MAX_IMAGE_SIDE": str(SIDE),
         "LOG_FORMAT": "console",
         "LOG_LEVEL": "warning",
         **env,

@@ -137,7 +137,7 @@ async def test_without_verification_the_same_server_is_accepted(tls_server: TlsS
 
 def _rds_json_tls() -> str:
     """The TLS query the Terraform module puts on rds_json DATABASE_URLs."""
-    from deploy.terraform_hcl import load_hcl
+    from tools.terraform_hcl import load_hcl
 
     (locals_,) = load_hcl(Path(__file__).resolve().parents[1] / "terraform" / "secrets.tf")[
         "locals"
