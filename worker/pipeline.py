@@ -29,9 +29,10 @@ from worker.cancellation import Cancellation, JobCancelled
 from worker.compose import Composed, NoSubject, check_subject, compose, output_keys
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
-from worker.job_table import ClaimOutcome, Completion, JobStore
+from worker.job_table import ClaimOutcome, Completion
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRegistry
+from worker.ports import JobStorePort
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class JobProcessor:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: JobStorePort,
         s3: S3Client,
         models: ModelRegistry,
         cpu_pool: Executor,
