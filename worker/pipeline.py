@@ -247,7 +247,7 @@ class JobProcessor:
                 # Today's job exactly for a row without a recipe, unless DEFAULT_RECIPE is set.
                 gated = job.recipe is not None or settings.default_recipe_set
                 composed = await loop.run_in_executor(
-                    self.cpu_pool, self._compose, decoded, output, recipe, model, gated
+                    self.cpu_pool, self._compose, runner, decoded, output, recipe, model, gated
                 )
             except NoSubject as exc:
                 failure = attempts.gate_failure(recipe, model, exc.reason)
@@ -259,6 +259,7 @@ class JobProcessor:
 
     def _compose(
         self,
+        runner: ModelRunner[Any, Any],
         decoded: imaging.DecodedImage,
         output: Any,
         recipe: Recipe,
@@ -266,9 +267,9 @@ class JobProcessor:
         gated: bool,
     ) -> Composed:
         """CPU stage: the mask from the model's output, the quality gate, the recipe's images."""
-        mask = ModelRunner.mask_from_output(output, decoded.rgb.size)
+        mask = runner.mask_from_output(output, decoded.rgb.size)
         if gated:
-            check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
+            check_subject(mask, runner.peak(output), recipe.min_subject_px, model)
         return compose(decoded, mask, recipe, png_compress_level=self.settings.png_compress_level)
 
     async def _upload(
