@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -142,7 +142,11 @@ class FakeQueue:
 
         return self._batch(kwargs["Entries"], extend)
 
-    def _batch(self, entries: Sequence[Mapping[str, Any]], apply: Any) -> dict[str, Any]:
+    def _batch(
+        self,
+        entries: Sequence[Mapping[str, Any]],
+        apply: Callable[[StoredMessage, Mapping[str, Any]], None],
+    ) -> dict[str, Any]:
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         for entry in entries:
