@@ -9,8 +9,8 @@ worker runs against it."""
 
 from __future__ import annotations
 
-import re
 import asyncio
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """The model runner against the real u2netp weights: the split stages give rembg's own masks,
-providers are chosen explicitly, and a missing GPU or model stops the start with a clear reason."""
+providers are chosen explicitly, and a missing GPU or model stops the start with a clear reason;
+the whole-rembg strategy on a stand-in for rembg's session (no other model's weights are here)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from PIL import Image
 
 from devstack.stack import sample_photos
 from tests.helpers import synthetic_scene
-from worker.inference import CPU, CUDA, GpuRequired, ModelRunner, choose_providers
+from worker.inference import CPU, CUDA, GpuRequired, ModelRunner, RembgRunner, choose_providers
+from worker.metrics import WorkerMetrics
 from worker.settings import Settings
+from worker.watchdog import TimedThreadPool
 from worker.weights import ModelUnavailable, fetch_model, verify_model
 
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
@@ -129,3 +132,28 @@ def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: Mod
     after = runner.metrics.registry.get_sample_value(overlapped)
     assert after is not None
     assert after > before
+
+
+async def test_a_rembg_model_runs_whole_and_its_mask_is_final() -> None:
+    class WholeSession:  # rembg's session: `predict` answers finished masks
+        def predict(self, image: Image.Image) -> list[Image.Image]:
+            return [Image.new("L", image.size, 200)]
+
+    runner = RembgRunner(
+        "isnet-general-use",
+        CPU,
+        WorkerMetrics(),
+        TimedThreadPool(max_workers=1),
+        owns_executor=True,
+        session=WholeSession(),
+    )
+    try:
+        image = Image.new("RGB", (40, 30))
+        assert runner.prepare(image) is image
+        output, _ = await runner.infer(runner.prepare(image))
+        assert runner.mask_from_output(output, image.size) is output
+        assert (output.mode, output.size) == ("L", (40, 30))
+        assert runner.peak(output) is None
+        assert (runner.split, runner.batcher) == (False, None)
+    finally:
+        runner.close()

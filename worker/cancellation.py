@@ -16,8 +16,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from jobcore.jobs import Job
 from worker.errors import transient
-from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
+from worker.ports import JobStorePort
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -34,7 +34,7 @@ class JobCancelled(Exception):
 
 
 class Cancellation:
-    def __init__(self, store: JobStore, s3: S3Client, metrics: WorkerMetrics) -> None:
+    def __init__(self, store: JobStorePort, s3: S3Client, metrics: WorkerMetrics) -> None:
         self.store = store
         self.s3 = s3
         self.metrics = metrics

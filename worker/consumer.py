@@ -18,14 +18,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from jobcore.jobs import MalformedMessage, decode_message, excerpt
 from jobcore.sqs import MAX_VISIBILITY_SECONDS, SQS_BATCH, call_in_batches
-from worker.job_table import JobStore
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Action, JobProcessor, Outcome
+from worker.ports import JobStorePort, MessageQueue
 from worker.settings import Settings
 from worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
@@ -53,8 +52,8 @@ class Consumer:
     def __init__(
         self,
         settings: Settings,
-        sqs: SQSClient,
-        store: JobStore,
+        sqs: MessageQueue,
+        store: JobStorePort,
         processor: JobProcessor,
         metrics: WorkerMetrics,
         supervisor: Supervisor,

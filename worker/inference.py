@@ -2,22 +2,24 @@
 execution providers, warmed up, and used from a dedicated, sized thread pool (ONNX Runtime releases
 the GIL and its `run` is thread-safe).
 
-For the u2net family the worker runs the ONNX file itself with rembg's pre- and post-processing
-reproduced step for step (checked equal to rembg's own `predict` in tests/test_inference.py), so
-it never imports `rembg`: its import pulls in pymatting, numba, scipy and scikit-image (about
-200 MiB of RSS) for rembg's alpha matting (a matting recipe loads worker/matting.py's own stack
-on its first job). CUSTOM_MODELS files take the same
-path. Other models go through rembg. worker/models.py decides which models are loaded."""
+Two strategies, chosen and built whole by `ModelRunner.load`. `SplitRunner`, for the u2net family
+and CUSTOM_MODELS files: the worker runs the ONNX file itself with rembg's pre- and
+post-processing reproduced step for step (checked equal to rembg's own `predict` in
+tests/test_inference.py), so it never imports `rembg`: its import pulls in pymatting, numba, scipy
+and scikit-image (about 200 MiB of RSS) for rembg's alpha matting (a matting recipe loads
+worker/matting.py's own stack on its first job). `RembgRunner`, for every other model: rembg's
+session, run whole. worker/models.py decides which models are loaded."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -52,8 +54,6 @@ SPLIT_MODELS = frozenset({"u2net", "u2netp", "u2net_human_seg", "silueta"})
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 INPUT_SIZE = (320, 320)
-
-ModelInput = dict[str, np.ndarray] | Image.Image
 
 
 def normalize(image: Image.Image) -> np.ndarray:
@@ -138,40 +138,39 @@ def share_cpu_arena() -> None:
         _shared_arena = True
 
 
-class ModelRunner:
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class ModelRunner(abc.ABC, Generic[In, Out]):
+    """One loaded model: `prepare` (CPU) -> `run` or `infer` (the model) -> `mask_from_output`
+    (CPU). Two strategies: `SplitRunner` (the u2net family and CUSTOM_MODELS files, stages
+    reproduced from rembg) and `RembgRunner` (any other rembg model, run whole). `load` builds
+    either, complete, in one place."""
+
+    split: ClassVar[bool]  # pre- and post-processing run apart from the model
+
     def __init__(
         self,
-        session: ort.InferenceSession,
-        provider: str,
         model_name: str,
-        threads: int,
-        metrics: WorkerMetrics | None = None,
+        provider: str,
+        metrics: WorkerMetrics,
+        executor: TimedThreadPool,
         *,
-        split: bool | None = None,
-        executor: TimedThreadPool | None = None,
+        owns_executor: bool,
     ) -> None:
-        self.session = session  # the ONNX Runtime session a lone run uses
-        self.input_name: str = session.get_inputs()[0].name
-        self.rembg_session: Any = None  # models outside SPLIT_MODELS: rembg's session, whole
-        self.provider = provider
         self.model_name = model_name
-        self.split = model_name in SPLIT_MODELS if split is None else split
-        self.metrics = metrics or WorkerMetrics()
+        self.provider = provider
+        self.metrics = metrics
         # A registry shares one pool between its models (INFERENCE_THREADS in all) and closes it.
-        self.owns_executor = executor is None
-        self.executor = executor or TimedThreadPool(
-            max_workers=threads, thread_name_prefix="inference"
-        )
+        self.executor = executor
+        self.owns_executor = owns_executor
+        self.batcher: MicroBatcher | None = None
         self.abandoned_runs = 0
         self.load_seconds = 0.0
-        self.batcher: MicroBatcher | None = None
-        self.overlap_session: Any = None
-        self._running = 0
-        self._running_lock = threading.Lock()
 
-    @classmethod
+    @staticmethod
     def load(
-        cls,
         settings: Settings,
         metrics: WorkerMetrics | None = None,
         *,
@@ -179,10 +178,10 @@ class ModelRunner:
         custom_file: Path | None = None,
         executor: TimedThreadPool | None = None,
         batching: bool = True,
-    ) -> ModelRunner:
-        """Blocking: verify the weights, build the session, run a warm-up inference. `name`
-        defaults to MODEL_NAME; `custom_file` is an ONNX file run as a u2net-family model;
-        `batching` allows the micro-batcher when BATCH_SIZE > 1."""
+    ) -> ModelRunner[Any, Any]:
+        """Blocking: verify the weights, build the strategy the model needs with its sessions,
+        run a warm-up inference. `name` defaults to MODEL_NAME; `custom_file` is an ONNX file run
+        as a u2net-family model; `batching` allows the micro-batcher when BATCH_SIZE > 1."""
         started = time.perf_counter()
         name = name or settings.model_name
         split = custom_file is not None or name in SPLIT_MODELS
@@ -195,25 +194,13 @@ class ModelRunner:
         ort.set_default_logger_severity(3)  # errors only, as rembg sets it
         cpu_only = choice.names == [CPU]
         options = session_options(settings, settings.ort_intra_op_threads, cpu_only=cpu_only)
-        rembg_session: Any = None
         if split:
             session = ort.InferenceSession(
                 str(model_file), sess_options=options, providers=choice.requested
             )
         else:
-            os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
-            from rembg import new_session
-
-            try:
-                rembg_session = new_session(name, sess_opts=options, providers=choice.requested)
-            except TypeError:
-                # rembg (2.0.86) raises this from its own CPU-fallback warning, which cannot
-                # format a (provider, options) tuple: ONNX Runtime could not start CUDA (no GPU
-                # or driver) and fell back to the CPU. Build that CPU session; REQUIRE_GPU decides.
-                if CUDA not in choice.names:
-                    raise
-                rembg_session = new_session(name, sess_opts=options, providers=[CPU])
-            session = rembg_session.inner_session
+            whole = rembg_session(settings, name, options, choice)
+            session = whole.inner_session
         active = session.get_providers()
         provider = active[0] if active else CPU
         if settings.require_gpu and provider != CUDA:
@@ -221,26 +208,50 @@ class ModelRunner:
                 f"REQUIRE_GPU=true but ONNX Runtime runs on {provider} (requested "
                 f"{', '.join(choice.names)}): {cuda_libs.provider_load_error(ort)}"
             )
-        runner = cls(
-            session,
-            provider,
-            name,
-            settings.inference_threads,
-            metrics,
-            split=split,
-            executor=executor,
-        )
-        runner.rembg_session = rembg_session
-        if provider == CPU and settings.inference_threads > 1 and runner.split:
-            # A lone job gets every core (latency); overlapping runs get one thread each, which
-            # beats two runs fighting over all cores (throughput). Same weights, same results.
-            runner.overlap_session = ort.InferenceSession(
-                str(model_file),
-                sess_options=session_options(settings, 1, cpu_only=True),
-                providers=[CPU],
+        batched = settings.batch_size > 1 and batching
+        if batched and not split:
+            raise ModelUnavailable(
+                f"BATCH_SIZE={settings.batch_size} needs a u2net-family model, not "
+                f"{name!r}: set BATCH_SIZE=1"
             )
-        if settings.batch_size > 1 and batching:
-            runner.enable_batching(settings, model_file, options, choice)
+        metrics = metrics or WorkerMetrics()
+        owns_executor = executor is None
+        executor = executor or TimedThreadPool(
+            max_workers=settings.inference_threads, thread_name_prefix="inference"
+        )
+        runner: ModelRunner[Any, Any]
+        if split:
+            overlap = None
+            if provider == CPU and settings.inference_threads > 1:
+                # A lone job gets every core (latency); overlapping runs get one thread each,
+                # which beats two runs fighting over all cores (throughput). Same weights, same
+                # results.
+                overlap = ort.InferenceSession(
+                    str(model_file),
+                    sess_options=session_options(settings, 1, cpu_only=True),
+                    providers=[CPU],
+                )
+            batcher = None
+            if batched:
+                batcher = MicroBatcher(
+                    ort.InferenceSession(
+                        with_symbolic_batch(model_file),
+                        sess_options=options,
+                        providers=choice.requested,
+                    ),
+                    executor,
+                    settings.batch_size,
+                    settings.batch_wait_seconds,
+                    metrics.batch_size,
+                )
+            runner = SplitRunner(
+                name, provider, metrics, executor, owns_executor=owns_executor,
+                session=session, overlap_session=overlap, batcher=batcher,
+            )  # fmt: skip
+        else:
+            runner = RembgRunner(
+                name, provider, metrics, executor, owns_executor=owns_executor, session=whole
+            )
         runner.predict(Image.new("RGB", (320, 320), (128, 128, 128)))  # warm-up
         runner.load_seconds = time.perf_counter() - started
         log.info(
@@ -252,86 +263,33 @@ class ModelRunner:
         )
         return runner
 
-    def enable_batching(
-        self,
-        settings: Settings,
-        model_file: Path,
-        options: ort.SessionOptions,
-        choice: ProviderChoice,
-    ) -> None:
-        if not self.split:
-            raise ModelUnavailable(
-                f"BATCH_SIZE={settings.batch_size} needs a u2net-family model, not "
-                f"{self.model_name!r}: set BATCH_SIZE=1"
-            )
-        model = with_symbolic_batch(model_file)
-        session = ort.InferenceSession(model, sess_options=options, providers=choice.requested)
-        self.batcher = MicroBatcher(
-            session,
-            self.executor,
-            settings.batch_size,
-            settings.batch_wait_seconds,
-            self.metrics.batch_size,
-        )
-
     def predict(self, image: Image.Image) -> Image.Image:
         """Blocking: the alpha mask (mode L, the image's size), all stages in this thread."""
         return self.mask_from_output(self.run(self.prepare(image)), image.size)
 
-    def prepare(self, image: Image.Image) -> ModelInput:
-        """CPU stage: the model's input tensor (split models), else the image itself."""
-        if not self.split:
-            return image
-        return {self.input_name: normalize(image)}
+    @abc.abstractmethod
+    def prepare(self, image: Image.Image) -> In:
+        """CPU stage: what the model stage takes."""
 
-    def run(self, model_input: ModelInput) -> np.ndarray | Image.Image:
-        """Model stage: the raw output (split models), else rembg's finished mask."""
-        if isinstance(model_input, Image.Image):
-            mask: Image.Image = self.rembg_session.predict(model_input)[0]
-            return mask
-        with self._running_lock:
-            overlapping = self._running > 0 and self.overlap_session is not None
-            self._running += 1
-        if overlapping:
-            self.metrics.overlapped_runs.inc()
-        session = self.overlap_session if overlapping else self.session
-        try:
-            output: np.ndarray = session.run(None, model_input)[0]
-        finally:
-            with self._running_lock:
-                self._running -= 1
-        return output
+    @abc.abstractmethod
+    def run(self, model_input: In) -> Out:
+        """Model stage, blocking: the model's output."""
 
-    @staticmethod
-    def mask_from_output(output: np.ndarray | Image.Image, size: tuple[int, int]) -> Image.Image:
-        """CPU stage: rembg's post-processing, min-max over the map, resized to the image."""
-        if isinstance(output, Image.Image):
-            return output
-        prediction = output[:, 0, :, :]
-        high, low = np.max(prediction), np.min(prediction)
-        if high <= low:  # a flat map: nothing found (rembg would divide by zero)
-            return Image.new("L", size, 0)
-        prediction = np.squeeze((prediction - low) / (high - low))
-        mask = Image.fromarray((prediction.clip(0, 1) * 255).astype("uint8"))
-        return mask.resize(size, Image.Resampling.LANCZOS)
+    @abc.abstractmethod
+    def mask_from_output(self, output: Out, size: tuple[int, int]) -> Image.Image:
+        """CPU stage: the alpha mask (mode L) at `size`. Uses no session: safe after the
+        registry has let the model go."""
 
-    @staticmethod
-    def peak(output: np.ndarray | Image.Image) -> float | None:
-        """The model's highest confidence (0-1) before rembg's min-max stretch, which turns even
-        a map of near-zeros into a full-range mask; None for rembg's finished masks."""
-        if isinstance(output, Image.Image):
-            return None
-        return float(np.max(output[:, 0, :, :]))
+    @abc.abstractmethod
+    def peak(self, output: Out) -> float | None:
+        """The model's highest confidence (0-1) before any stretch; None when unknown."""
 
-    async def infer(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
-        if self.batcher is not None and not isinstance(model_input, Image.Image):
-            started = time.perf_counter()
-            tensor = model_input[self.batcher.input_name]
-            return await self.batcher.infer(tensor), time.perf_counter() - started
+    async def infer(self, model_input: In) -> tuple[Out, float]:
+        """The model stage on the inference pool: the output and the seconds it ran."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._timed_run, model_input)
 
-    def _timed_run(self, model_input: ModelInput) -> tuple[np.ndarray | Image.Image, float]:
+    def _timed_run(self, model_input: In) -> tuple[Out, float]:
         started = time.perf_counter()
         output = self.run(model_input)
         return output, time.perf_counter() - started
@@ -347,6 +305,125 @@ class ModelRunner:
         if self.abandoned_runs:
             log.warning("model runs still going at close; not waiting", runs=self.abandoned_runs)
         self.executor.shutdown(wait=not self.abandoned_runs, cancel_futures=True)
+
+
+class SplitRunner(ModelRunner[dict[str, np.ndarray], np.ndarray]):
+    """The u2net family (and CUSTOM_MODELS files): rembg's `predict` split into stages, the ONNX
+    file run by the worker itself; optionally a one-thread session for overlapping CPU runs and
+    a micro-batcher."""
+
+    split = True
+
+    def __init__(
+        self,
+        model_name: str,
+        provider: str,
+        metrics: WorkerMetrics,
+        executor: TimedThreadPool,
+        *,
+        owns_executor: bool,
+        session: ort.InferenceSession,
+        overlap_session: ort.InferenceSession | None,
+        batcher: MicroBatcher | None,
+    ) -> None:
+        super().__init__(model_name, provider, metrics, executor, owns_executor=owns_executor)
+        self.session = session  # the ONNX Runtime session a lone run uses
+        self.input_name: str = session.get_inputs()[0].name
+        self.overlap_session = overlap_session
+        self.batcher = batcher
+        self._running = 0
+        self._running_lock = threading.Lock()
+
+    def prepare(self, image: Image.Image) -> dict[str, np.ndarray]:
+        return {self.input_name: normalize(image)}
+
+    def run(self, model_input: dict[str, np.ndarray]) -> np.ndarray:
+        """The raw saliency map."""
+        with self._running_lock:
+            overlap = self.overlap_session if self._running > 0 else None
+            self._running += 1
+        session = self.session
+        if overlap is not None:
+            self.metrics.overlapped_runs.inc()
+            session = overlap
+        try:
+            output: np.ndarray = session.run(None, model_input)[0]
+        finally:
+            with self._running_lock:
+                self._running -= 1
+        return output
+
+    def mask_from_output(self, output: np.ndarray, size: tuple[int, int]) -> Image.Image:
+        """rembg's post-processing: min-max over the map, resized to the image."""
+        prediction = output[:, 0, :, :]
+        high, low = np.max(prediction), np.min(prediction)
+        if high <= low:  # a flat map: nothing found (rembg would divide by zero)
+            return Image.new("L", size, 0)
+        prediction = np.squeeze((prediction - low) / (high - low))
+        mask = Image.fromarray((prediction.clip(0, 1) * 255).astype("uint8"))
+        return mask.resize(size, Image.Resampling.LANCZOS)
+
+    def peak(self, output: np.ndarray) -> float | None:
+        """Before rembg's min-max stretch, which turns even a map of near-zeros into a
+        full-range mask."""
+        return float(np.max(output[:, 0, :, :]))
+
+    async def infer(self, model_input: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        if self.batcher is None:
+            return await super().infer(model_input)
+        started = time.perf_counter()
+        tensor = model_input[self.batcher.input_name]
+        return await self.batcher.infer(tensor), time.perf_counter() - started
+
+
+class RembgRunner(ModelRunner[Image.Image, Image.Image]):
+    """Any other rembg model, run whole through rembg's own session: its mask is finished."""
+
+    split = False
+
+    def __init__(
+        self,
+        model_name: str,
+        provider: str,
+        metrics: WorkerMetrics,
+        executor: TimedThreadPool,
+        *,
+        owns_executor: bool,
+        session: Any,
+    ) -> None:
+        super().__init__(model_name, provider, metrics, executor, owns_executor=owns_executor)
+        self.rembg_session = session
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image
+
+    def run(self, model_input: Image.Image) -> Image.Image:
+        mask: Image.Image = self.rembg_session.predict(model_input)[0]
+        return mask
+
+    def mask_from_output(self, output: Image.Image, size: tuple[int, int]) -> Image.Image:
+        return output
+
+    def peak(self, output: Image.Image) -> float | None:
+        return None
+
+
+def rembg_session(
+    settings: Settings, name: str, options: ort.SessionOptions, choice: ProviderChoice
+) -> Any:
+    """rembg's session for `name`, weights from U2NET_HOME (rembg is imported only here)."""
+    os.environ["U2NET_HOME"] = str(settings.model_home)  # where rembg looks for weights
+    from rembg import new_session
+
+    try:
+        return new_session(name, sess_opts=options, providers=choice.requested)
+    except TypeError:
+        # rembg (2.0.86) raises this from its own CPU-fallback warning, which cannot format a
+        # (provider, options) tuple: ONNX Runtime could not start CUDA (no GPU or driver) and
+        # fell back to the CPU. Build that CPU session; REQUIRE_GPU decides.
+        if CUDA not in choice.names:
+            raise
+        return new_session(name, sess_opts=options, providers=[CPU])
 
 
 def verify_custom(name: str, path: Path) -> Path:

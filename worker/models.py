@@ -16,6 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -51,7 +52,7 @@ class ModelRegistry:
         self.pinned = settings.model_name if settings.batch_size > 1 else None
         self.provider: str | None = None
         self.abandoned_runs = 0
-        self._loaded: OrderedDict[str, ModelRunner] = OrderedDict()
+        self._loaded: OrderedDict[str, ModelRunner[Any, Any]] = OrderedDict()
         self._loading: set[str] = set()
         self._in_use: Counter[str] = Counter()
         self._changed = asyncio.Condition()
@@ -86,7 +87,7 @@ class ModelRegistry:
                 raise ModelUnavailable(f"PRELOAD_MODELS: {exc.failure.reason}") from None
 
     @asynccontextmanager
-    async def use(self, name: str) -> AsyncIterator[ModelRunner]:
+    async def use(self, name: str) -> AsyncIterator[ModelRunner[Any, Any]]:
         """The loaded model `name`, kept from eviction until the block ends. A model that is
         unknown or whose weights are missing fails the job permanently, listing what is here."""
         self._check_known(name)
@@ -98,7 +99,7 @@ class ModelRegistry:
                 self._in_use[name] -= 1
                 self._changed.notify_all()
 
-    async def _acquire(self, name: str) -> ModelRunner:
+    async def _acquire(self, name: str) -> ModelRunner[Any, Any]:
         async with self._changed:
             while True:
                 if name in self._loaded:
@@ -109,7 +110,7 @@ class ModelRegistry:
                     self._loading.add(name)
                     break
                 await self._changed.wait()  # its load by another job, or a place, to free up
-        runner: ModelRunner | None = None
+        runner: ModelRunner[Any, Any] | None = None
         try:
             loop = asyncio.get_running_loop()
             runner = await loop.run_in_executor(self.executor, self._load, name)
@@ -138,7 +139,7 @@ class ModelRegistry:
             log.info("model evicted", model=idle[0], max_loaded=self.capacity)
         return True
 
-    def _load(self, name: str) -> ModelRunner:
+    def _load(self, name: str) -> ModelRunner[Any, Any]:
         runner = ModelRunner.load(
             self.settings,
             self.metrics,

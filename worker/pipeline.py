@@ -29,9 +29,10 @@ from worker.cancellation import Cancellation, JobCancelled
 from worker.compose import Composed, NoSubject, check_subject, compose, output_keys
 from worker.errors import Failure, FailureKind, JobFailed, classify
 from worker.inference import ModelRunner
-from worker.job_table import ClaimOutcome, Completion, JobStore
+from worker.job_table import ClaimOutcome, Completion
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRegistry
+from worker.ports import JobStorePort
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class JobProcessor:
     def __init__(
         self,
         settings: Settings,
-        store: JobStore,
+        store: JobStorePort,
         s3: S3Client,
         models: ModelRegistry,
         cpu_pool: Executor,
@@ -246,7 +247,7 @@ class JobProcessor:
                 # Today's job exactly for a row without a recipe, unless DEFAULT_RECIPE is set.
                 gated = job.recipe is not None or settings.default_recipe_set
                 composed = await loop.run_in_executor(
-                    self.cpu_pool, self._compose, decoded, output, recipe, model, gated
+                    self.cpu_pool, self._compose, runner, decoded, output, recipe, model, gated
                 )
             except NoSubject as exc:
                 failure = attempts.gate_failure(recipe, model, exc.reason)
@@ -258,6 +259,7 @@ class JobProcessor:
 
     def _compose(
         self,
+        runner: ModelRunner[Any, Any],
         decoded: imaging.DecodedImage,
         output: Any,
         recipe: Recipe,
@@ -265,9 +267,9 @@ class JobProcessor:
         gated: bool,
     ) -> Composed:
         """CPU stage: the mask from the model's output, the quality gate, the recipe's images."""
-        mask = ModelRunner.mask_from_output(output, decoded.rgb.size)
+        mask = runner.mask_from_output(output, decoded.rgb.size)
         if gated:
-            check_subject(mask, ModelRunner.peak(output), recipe.min_subject_px, model)
+            check_subject(mask, runner.peak(output), recipe.min_subject_px, model)
         return compose(decoded, mask, recipe, png_compress_level=self.settings.png_compress_level)
 
     async def _upload(
