@@ -83,6 +83,9 @@ def test_foreground_removes_the_backdrop_from_the_edge() -> None:
     assert estimated < observed / 2
     sure = trimap(mask) != 128
     assert (result.foreground[sure] == rgb[sure]).all()
+    whole = (result.alpha == 0) | (result.alpha == 255)
+    assert (whole & ~sure).any()  # unknown pixels whose alpha came out whole
+    assert (result.foreground[whole] == rgb[whole]).all()
 
 
 def test_mask_without_an_unknown_band_is_returned_as_is() -> None:
