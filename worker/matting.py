@@ -118,10 +118,14 @@ def matte(
         # singular, and rembg falls back to the mask as alpha too.
         return Matte(alpha=mask.copy(), foreground=foreground)
     coarse_alpha = _closed_form_alpha(coarse_rgb, coarse_tri)
-    slope, offset = _guided_filter(coarse_rgb, coarse_alpha, GUIDE_RADIUS, GUIDE_EPSILON)
+    # The guided filter in float32 moves no alpha by more than 1/255 (its variances are over 3 x 3
+    # windows); blur fusion stays in float64: it divides by box means of alpha close to 0 or 1.
+    slope, offset = _guided_filter(
+        coarse_rgb.astype(np.float32), coarse_alpha.astype(np.float32), GUIDE_RADIUS, GUIDE_EPSILON
+    )
     blurred_fg, blurred_bg = _blur_fusion(coarse_rgb, coarse_alpha, scale)
     # float32 grids (a few 1/255 steps need far less): half the memory traffic of the sampling.
-    coefficients = np.concatenate([slope, offset[..., None]], axis=2).astype(np.float32)
+    coefficients = np.concatenate([slope, offset[..., None]], axis=2)
     colours = np.concatenate([blurred_fg, blurred_bg], axis=2).astype(np.float32)
     # The full-size pixels in chunks: a few MiB of temporaries whatever the band's size.
     for start in range(0, unknown_y.size, CHUNK_PIXELS):
@@ -252,14 +256,15 @@ def _window_weights(colours: np.ndarray) -> np.ndarray:
 
 def _box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window cut at the borders: two 1-D running sums."""
-    result = values.astype(np.float64, copy=True)
+    result = values.copy()
     for axis in (0, 1):
         length = result.shape[axis]
-        table = np.zeros((length + 1, *np.delete(result.shape, axis)), dtype=np.float64)
+        table = np.zeros((length + 1, *np.delete(result.shape, axis)), dtype=result.dtype)
         np.cumsum(np.moveaxis(result, axis, 0), axis=0, out=table[1:])
         ends = np.minimum(np.arange(length) + radius + 1, length)
         starts = np.maximum(np.arange(length) - radius, 0)
-        sums = (table[ends] - table[starts]) / (ends - starts).reshape(-1, *[1] * (table.ndim - 1))
+        counts = (ends - starts).astype(result.dtype).reshape(-1, *[1] * (table.ndim - 1))
+        sums = (table[ends] - table[starts]) / counts
         result = np.moveaxis(sums, 0, axis)
     return result
 
