@@ -44,6 +44,22 @@ def test_trimap_is_rembgs() -> None:
     assert (expected == 128).sum() > 5000  # a real band to solve
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 10])
+def test_trimap_erodes_as_scipy_at_the_borders_and_for_any_size(size: int) -> None:
+    rng = np.random.default_rng(size)
+    levels = np.array([0, 5, 128, 245, 255], dtype=np.uint8)
+    blocks = rng.choice(levels, (8, 8), p=[0.35, 0.05, 0.1, 0.05, 0.45])
+    blobs = np.repeat(np.repeat(blocks, 9, axis=0), 9, axis=1)  # regions that survive erosion
+    structure = np.ones((size, size), dtype=np.uint8)
+    for mask in [blobs[:37, :23], blobs[:5, :41], blobs[3:4, :9], np.full((12, 15), 255)]:
+        mask = mask.astype(np.uint8)
+        expected = np.full(mask.shape, 128, dtype=np.uint8)
+        expected[binary_erosion(mask > 240, structure=structure)] = 255
+        expected[binary_erosion(mask < 10, structure=structure, border_value=1)] = 0
+        assert (trimap(mask, size) == expected).all()
+    assert (trimap(blobs, size) != 128).any()
+
+
 def test_alpha_is_close_to_the_truth_and_to_rembgs_matting() -> None:
     rgb, truth, mask = soft_edge_scene()
     result = matte(rgb, mask)
@@ -83,6 +99,9 @@ def test_foreground_removes_the_backdrop_from_the_edge() -> None:
     assert estimated < observed / 2
     sure = trimap(mask) != 128
     assert (result.foreground[sure] == rgb[sure]).all()
+    whole = (result.alpha == 0) | (result.alpha == 255)
+    assert (whole & ~sure).any()  # unknown pixels whose alpha came out whole
+    assert (result.foreground[whole] == rgb[whole]).all()
 
 
 def test_mask_without_an_unknown_band_is_returned_as_is() -> None:

@@ -177,14 +177,10 @@ def compose(
 
 
 def _matte(rgb: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """Matting's alpha, and its foreground colours where the alpha is partial (in the band the
-    background's colour bleeds into the source's pixels)."""
-    pixels = np.asarray(rgb)
-    result = matting.matte(pixels, np.asarray(mask))
-    band = (result.alpha > 0) & (result.alpha < 255)
-    colours = pixels.copy()
-    colours[band] = result.foreground[band]
-    return Image.fromarray(colours, mode="RGB"), Image.fromarray(result.alpha, mode="L")
+    """Matting's alpha, and its foreground colours: the source's own pixels except where the
+    alpha is partial (in the band the background's colour bleeds into the source's pixels)."""
+    result = matting.matte(np.asarray(rgb), np.asarray(mask))
+    return Image.fromarray(result.foreground, mode="RGB"), Image.fromarray(result.alpha, mode="L")
 
 
 def _background(

@@ -13,8 +13,8 @@ epsilon 1e-7) that rembg's `alpha_matting_cutout` solves, but:
 - the coarse alpha comes back to full resolution through a guided filter whose guide is the
   image itself (its coefficients at the coarse size, bilinear at the fine unknown pixels);
 - the foreground colours are a blur-fusion estimate (Forte and Pitie 2021) whose blurred
-  foreground and background come from the coarse grid: the image's own colours wherever alpha is
-  0 or 1.
+  foreground and background come from the coarse grid, only where the alpha is partial; they are
+  the image's own colours wherever the alpha is 0 or 255.
 
 numpy and scipy only: no pymatting (numba) at import or at run time. What it costs and how close
 it comes to rembg's own matting is in docs/performance.md (`bench/matting.py`)."""
@@ -47,23 +47,45 @@ _STENCIL = (_WINDOW[None, :, 0] - _WINDOW[:, None, 0] + 2) * 5 + (
 @dataclass(frozen=True, slots=True)
 class Matte:
     alpha: np.ndarray  # uint8, H x W
-    foreground: np.ndarray  # uint8, H x W x 3: the subject's colours without the background's
+    # uint8, H x W x 3: the subject's colours without the background's where the alpha is
+    # partial, the image's own elsewhere
+    foreground: np.ndarray
 
 
 def trimap(mask: np.ndarray, erode_size: int = ERODE_SIZE) -> np.ndarray:
-    """uint8 trimap: 255 sure subject, 0 sure background, 128 unknown (rembg's rule; a minimum
-    filter is scipy's binary erosion with a square, with the same origin and borders)."""
-    from scipy.ndimage import minimum_filter
-
+    """uint8 trimap: 255 sure subject, 0 sure background, 128 unknown (rembg's rule, pixel for
+    pixel: scipy's binary erosion with a square, with the same origin and borders)."""
     foreground = (mask > FOREGROUND_THRESHOLD).view(np.uint8)
     background = (mask < BACKGROUND_THRESHOLD).view(np.uint8)
     if erode_size > 0:
-        foreground = minimum_filter(foreground, size=erode_size, mode="constant", cval=0)
-        background = minimum_filter(background, size=erode_size, mode="constant", cval=1)
+        foreground = _erode(foreground, erode_size, outside=0)
+        background = _erode(background, erode_size, outside=1)
     result = np.full(mask.shape, 128, dtype=np.uint8)
     result[foreground.view(bool)] = 255
     result[background.view(bool)] = 0
     return result
+
+
+def _erode(binary: np.ndarray, size: int, outside: int) -> np.ndarray:
+    """Minimum over a size x size square (for an even size, one more pixel before the centre than
+    after, as scipy.ndimage places it), `outside` beyond the borders: running minima by doubling
+    windows along each axis, a few passes over bytes (scipy.ndimage would cost its import, about
+    60 ms of CPU, and more per call)."""
+    before = size // 2
+    padded = np.pad(binary, ((before, size - 1 - before),) * 2, constant_values=outside)
+    return _running_min(_running_min(padded, size).T, size).T
+
+
+def _running_min(values: np.ndarray, size: int) -> np.ndarray:
+    """Minimum of `size` consecutive rows: row i of the result covers rows i .. i + size - 1."""
+    window = 1
+    while window * 2 <= size:
+        values = np.minimum(values[:-window], values[window:])
+        window *= 2
+    rest = size - window
+    if rest:
+        values = np.minimum(values[:-rest], values[rest:])
+    return values
 
 
 def matte(
@@ -96,23 +118,34 @@ def matte(
         # singular, and rembg falls back to the mask as alpha too.
         return Matte(alpha=mask.copy(), foreground=foreground)
     coarse_alpha = _closed_form_alpha(coarse_rgb, coarse_tri)
-    slope, offset = _guided_filter(coarse_rgb, coarse_alpha, GUIDE_RADIUS, GUIDE_EPSILON)
+    # The guided filter in float32 moves no alpha by more than 1/255 (its variances are over 3 x 3
+    # windows); blur fusion stays in float64: it divides by box means of alpha close to 0 or 1.
+    slope, offset = _guided_filter(
+        coarse_rgb.astype(np.float32), coarse_alpha.astype(np.float32), GUIDE_RADIUS, GUIDE_EPSILON
+    )
     blurred_fg, blurred_bg = _blur_fusion(coarse_rgb, coarse_alpha, scale)
-    # One grid of 10 channels, sampled once per pixel: slope (3), offset, foreground, background.
-    grid = np.concatenate([slope, offset[..., None], blurred_fg, blurred_bg], axis=2)
+    # float32 grids (a few 1/255 steps need far less): half the memory traffic of the sampling.
+    coefficients = np.concatenate([slope, offset[..., None]], axis=2)
+    colours = np.concatenate([blurred_fg, blurred_bg], axis=2).astype(np.float32)
     # The full-size pixels in chunks: a few MiB of temporaries whatever the band's size.
     for start in range(0, unknown_y.size, CHUNK_PIXELS):
         ys, xs = unknown_y[start : start + CHUNK_PIXELS], unknown_x[start : start + CHUNK_PIXELS]
-        guide = rgb[ys, xs].astype(np.float64) / 255.0
-        sampled = _bilinear(grid, ys - top, xs - left, scale)
+        guide = rgb[ys, xs].astype(np.float32) / np.float32(255.0)
+        sampler = _Bilinear(coefficients.shape[:2], ys - top, xs - left, scale)
+        sampled = sampler(coefficients)
         fine = np.einsum("nc,nc->n", sampled[:, :3], guide) + sampled[:, 3]
         np.clip(fine, 0.0, 1.0, out=fine)
         # rembg casts (truncates) rather than rounds: the same here keeps the two comparable.
-        alpha[ys, xs] = (fine * 255.0).astype(np.uint8)
-        fg_at, bg_at = sampled[:, 4:7], sampled[:, 7:10]
-        weight = fine[:, None]
-        estimate = fg_at + weight * (guide - weight * fg_at - (1.0 - weight) * bg_at)
-        foreground[ys, xs] = np.clip(estimate * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        values = (fine * np.float32(255.0)).astype(np.uint8)
+        alpha[ys, xs] = values
+        # Colours only where the alpha is partial: elsewhere they stay the image's own.
+        partial = np.flatnonzero((values > 0) & (values < 255))
+        fg_at, bg_at = np.split(sampler(colours, partial), 2, axis=1)
+        weight = fine[partial, None]
+        estimate = fg_at + weight * (guide[partial] - weight * fg_at - (1.0 - weight) * bg_at)
+        estimate *= np.float32(255.0)
+        estimate += np.float32(0.5)
+        foreground[ys[partial], xs[partial]] = np.clip(estimate, 0, 255).astype(np.uint8)
     return Matte(alpha=alpha, foreground=foreground)
 
 
@@ -122,10 +155,20 @@ def _downscale(rgb: np.ndarray, tri: np.ndarray, scale: int) -> tuple[np.ndarray
     height, width = tri.shape
     rows, cols = -(-height // scale), -(-width // scale)
     pad = ((0, rows * scale - height), (0, cols * scale - width))
-    image = np.pad(rgb, (*pad, (0, 0)), mode="edge").reshape(rows, scale, cols, scale, 3)
-    coarse_rgb = image.mean(axis=(1, 3), dtype=np.float64) / 255.0
-    blocks = np.pad(tri, pad, mode="edge").reshape(rows, scale, cols, scale)
-    low, high = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
+    image = np.pad(rgb, (*pad, (0, 0)), mode="edge")
+    blocks = np.pad(tri, pad, mode="edge")
+    # Sums of strided slices: several times faster than a mean over the axes of a 5-D view.
+    sums = np.zeros((rows, cols * scale, 3), dtype=np.float32)  # exact: sums < 2^24
+    for row in range(scale):
+        sums += image[row::scale]
+    coarse_rgb = np.add.reduceat(sums, np.arange(0, cols * scale, scale), axis=1, dtype=np.float64)
+    coarse_rgb /= 255.0 * scale * scale
+    low, high = blocks[::scale].copy(), blocks[::scale].copy()
+    for row in range(1, scale):
+        np.minimum(low, blocks[row::scale], out=low)
+        np.maximum(high, blocks[row::scale], out=high)
+    low = np.minimum.reduceat(low, np.arange(0, cols * scale, scale), axis=1)
+    high = np.maximum.reduceat(high, np.arange(0, cols * scale, scale), axis=1)
     coarse_tri = np.full((rows, cols), 128, dtype=np.uint8)
     coarse_tri[low == 255] = 255
     coarse_tri[high == 0] = 0
@@ -188,9 +231,9 @@ def _closed_form_alpha(image: np.ndarray, tri: np.ndarray) -> np.ndarray:
 
 def _window_centres(unknown: np.ndarray) -> np.ndarray:
     """Flat indices of the 3 x 3 windows inside the image that hold an unknown pixel."""
-    from scipy.ndimage import binary_dilation
-
-    touched = binary_dilation(unknown, structure=np.ones((3, 3), dtype=bool))
+    touched = np.pad(unknown, 1)
+    touched = touched[:-2] | touched[1:-1] | touched[2:]
+    touched = touched[:, :-2] | touched[:, 1:-1] | touched[:, 2:]
     touched[[0, -1], :] = False
     touched[:, [0, -1]] = False
     return np.flatnonzero(touched)
@@ -213,14 +256,15 @@ def _window_weights(colours: np.ndarray) -> np.ndarray:
 
 def _box_mean(values: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window cut at the borders: two 1-D running sums."""
-    result = values.astype(np.float64, copy=True)
+    result = values.copy()
     for axis in (0, 1):
         length = result.shape[axis]
-        table = np.zeros((length + 1, *np.delete(result.shape, axis)), dtype=np.float64)
+        table = np.zeros((length + 1, *np.delete(result.shape, axis)), dtype=result.dtype)
         np.cumsum(np.moveaxis(result, axis, 0), axis=0, out=table[1:])
         ends = np.minimum(np.arange(length) + radius + 1, length)
         starts = np.maximum(np.arange(length) - radius, 0)
-        sums = (table[ends] - table[starts]) / (ends - starts).reshape(-1, *[1] * (table.ndim - 1))
+        counts = (ends - starts).astype(result.dtype).reshape(-1, *[1] * (table.ndim - 1))
+        sums = (table[ends] - table[starts]) / counts
         result = np.moveaxis(sums, 0, axis)
     return result
 
@@ -259,17 +303,28 @@ def _blur_fusion(image: np.ndarray, alpha: np.ndarray, scale: int) -> tuple[np.n
     return blurred_fg, blurred_bg
 
 
-def _bilinear(grid: np.ndarray, ys: np.ndarray, xs: np.ndarray, scale: int) -> np.ndarray:
-    """`grid` (the coarse size) sampled at full-size pixels (ys, xs), pixel centres aligned."""
-    height, width = grid.shape[:2]
-    fy = np.clip((ys + 0.5) / scale - 0.5, 0, height - 1)
-    fx = np.clip((xs + 0.5) / scale - 0.5, 0, width - 1)
-    y0, x0 = fy.astype(np.int64), fx.astype(np.int64)
-    y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
-    wy, wx = fy - y0, fx - x0
-    if grid.ndim == 3:
-        wy, wx = wy[:, None], wx[:, None]
-    top = grid[y0, x0] * (1 - wx) + grid[y0, x1] * wx
-    bottom = grid[y1, x0] * (1 - wx) + grid[y1, x1] * wx
-    result: np.ndarray = top * (1 - wy) + bottom * wy
-    return result
+class _Bilinear:
+    """Samples grids of the coarse size at full-size pixels (ys, xs), pixel centres aligned: the
+    corners and weights are computed once for the grids sampled at the same pixels."""
+
+    def __init__(self, shape: tuple[int, ...], ys: np.ndarray, xs: np.ndarray, scale: int):
+        height, width = shape
+        fy = np.clip((ys + 0.5) / scale - 0.5, 0, height - 1).astype(np.float32)
+        fx = np.clip((xs + 0.5) / scale - 0.5, 0, width - 1).astype(np.float32)
+        y0, x0 = fy.astype(np.int64), fx.astype(np.int64)
+        y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
+        wy, wx = (fy - y0)[:, None], (fx - x0)[:, None]
+        self.corners = (y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1)
+        self.weights = ((1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx)
+
+    def __call__(self, grid: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
+        """`grid` H x W x C at the pixels (or at `subset` of them): N x C."""
+        flat = grid.reshape(-1, grid.shape[2])
+        result: np.ndarray | None = None
+        for corner, weight in zip(self.corners, self.weights, strict=True):
+            if subset is not None:
+                corner, weight = corner[subset], weight[subset]
+            term = flat[corner] * weight
+            result = term if result is None else np.add(result, term, out=result)
+        assert result is not None
+        return result
