@@ -1,5 +1,5 @@
-"""The worker's own PNG writer for RGBA cut-outs: Pillow (and so any reader) decodes exactly the
-pixels written, at every size and level, with the source's ICC profile kept."""
+"""The worker's own PNG writer for RGBA cut-outs and RGB composites: Pillow (and so any reader)
+decodes exactly the pixels written, at every size and level, with the source's ICC profile kept."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ def decoded(data: bytes) -> Image.Image:
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 1), (1, 130), (333, 129), (64, 64)])
 @pytest.mark.parametrize("level", [0, 1, 9])
-def test_rgba_round_trips_exactly(size: tuple[int, int], level: int) -> None:
+@pytest.mark.parametrize("mode", ["RGBA", "RGB"])
+def test_rgba_and_rgb_round_trip_exactly(size: tuple[int, int], level: int, mode: str) -> None:
     rng = np.random.default_rng(size[0] * 1000 + size[1] + level)
-    pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
-    result = decoded(encode_png(Image.fromarray(pixels, "RGBA"), compress_level=level))
+    pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    result = decoded(encode_png(Image.fromarray(pixels, mode), compress_level=level))
     assert result.format == "PNG"
-    assert result.mode == "RGBA"
+    assert result.mode == mode
     assert np.array_equal(np.asarray(result), pixels)
 
 

@@ -25,6 +25,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_FILTER_UP = 2
 PNG_BAND_ROWS = 64
+PNG_COLOUR_TYPES = {"RGB": 2, "RGBA": 6}  # 8 bits per channel, written by encode_png itself
 # Rows converted at a time from 16-bit or float grey: a band of float32, never the whole image.
 CONVERT_BAND_PIXELS = 1 << 20
 SRGB = ImageCms.createProfile("sRGB")
@@ -205,29 +206,31 @@ def cut_out(decoded: DecodedImage, mask: Image.Image) -> Image.Image:
 def encode_png(
     image: Image.Image, *, compress_level: int, icc_profile: bytes | None = None
 ) -> bytes:
-    """The image as PNG. 8-bit RGBA (every cut-out) is written here: each row with PNG's Up
-    filter (the row minus the row above, one numpy subtraction per band of rows), deflated by
-    zlib at `compress_level`. Pillow's encoder tries every filter on every row; on the benchmark's
-    photos this takes about half its CPU for a file of about the same size, with the same pixels
-    (docs/performance.md). Other modes go through Pillow. `icc_profile` defaults to the image's
-    own, as Pillow's encoder keeps it."""
+    """The image as PNG. 8-bit RGBA (a transparent cut-out) and RGB (one on a solid background)
+    are written here: each row with PNG's Up filter (the row minus the row above, one numpy
+    subtraction per band of rows), deflated by zlib at `compress_level`. Pillow's encoder tries
+    every filter on every row; on the benchmark's photos this takes about half its CPU for a file
+    of about the same size, with the same pixels (docs/performance.md). Other modes go through
+    Pillow. `icc_profile` defaults to the image's own, as Pillow's encoder keeps it."""
     icc_profile = icc_profile or image.info.get("icc_profile")
-    if image.mode != "RGBA":
+    colour_type = PNG_COLOUR_TYPES.get(image.mode)
+    if colour_type is None:
         buffer = io.BytesIO()
         extra = {"icc_profile": icc_profile} if icc_profile else {}
         image.save(buffer, format="PNG", compress_level=compress_level, **extra)
         return buffer.getvalue()
     width, height = image.size
+    row_bytes = width * len(image.mode)
     compressor = zlib.compressobj(compress_level)
     deflated = bytearray()  # one growing buffer, not many small ones left on the heap
-    band = np.empty((min(PNG_BAND_ROWS, height), width * 4 + 1), dtype=np.uint8)
+    band = np.empty((min(PNG_BAND_ROWS, height), row_bytes + 1), dtype=np.uint8)
     band[:, 0] = PNG_FILTER_UP
-    above = np.zeros(width * 4, dtype=np.uint8)  # the row above the first is zeros
+    above = np.zeros(row_bytes, dtype=np.uint8)  # the row above the first is zeros
     for top in range(0, height, PNG_BAND_ROWS):
         bottom = min(top + PNG_BAND_ROWS, height)
         # Band by band: never a second copy of the whole image in memory.
         rows = np.frombuffer(image.crop((0, top, width, bottom)).tobytes(), dtype=np.uint8)
-        rows = rows.reshape(bottom - top, width * 4)
+        rows = rows.reshape(bottom - top, row_bytes)
         filtered = band[: bottom - top]
         filtered[:, 1:] = rows
         filtered[1:, 1:] -= rows[:-1]  # uint8 wraps: modulo 256, as PNG defines
@@ -235,7 +238,7 @@ def encode_png(
         above = rows[-1]
         deflated += compressor.compress(filtered.data)
     deflated += compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)  # no interlace
     chunks = [_png_chunk(b"IHDR", header)]
     if icc_profile:
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc_profile)))
