@@ -86,7 +86,7 @@ def test_build_makes_a_wheel_and_an_sdist_with_the_data_files(dist: Path) -> Non
     assert sdist.stat().st_size > 0
     names = zipfile.ZipFile(wheel_of(dist)).namelist()
     for needed in ("api_client/py.typed", "jobcore/py.typed", "api_client/sync_client.py",
-                   "worker/migrations/0001_create_jobs.sql"):  # fmt: skip
+                   "jobcore/migrations/0001_create_jobs.sql"):  # fmt: skip
         assert needed in names, needed
     assert not [name for name in names if name.startswith(("tests/", "devstack/", "bench/"))]
 

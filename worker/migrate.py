@@ -1,5 +1,6 @@
 """Ordered SQL migrations, recorded in a table and serialised by an advisory lock so that several
-tasks starting together apply each migration exactly once."""
+tasks starting together apply each migration exactly once. The SQL files live beside the contract
+SQL both sides run (`jobcore/migrations/`); this runner is the worker's `image-worker migrate`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Migration:
 
 
 def bundled_migrations() -> list[Migration]:
-    folder = resources.files("worker") / "migrations"
+    folder = resources.files("jobcore") / "migrations"
     files = sorted(
         (entry for entry in folder.iterdir() if entry.name.endswith(".sql")), key=lambda e: e.name
     )
