@@ -17,6 +17,7 @@ from api_client import ClientSettings, Job, JobClient, JobWaitTimeout
 from api_client.contact_sheet import write_job_sheet
 from api_client.recovery import SweepSettings, sweep_forever
 from devstack.stack import moto_server, postgres_server, provision, sample_photos
+from jobcore.jobs import JobStatus
 from jobcore.log_setup import configure_logging
 from worker.app import WorkerApp
 from worker.cli import install_stop_signals
@@ -49,20 +50,8 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
     database_url, queues = await provision(
         admin_url, endpoint, database="image_worker_dev", queue="image-jobs", bucket="book-photos"
     )
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SQS_QUEUE_URL": queues.queue_url,
-        "AWS_ENDPOINT_URL": endpoint,
-        "SOURCE_BUCKET": "book-photos",
-        "U2NET_HOME": os.environ.get("U2NET_HOME", str(Path.cwd() / ".models")),
-        "LOG_FORMAT": "console",
-        "METRICS_PORT": os.environ.get("METRICS_PORT", "9100"),
-        "MAX_ATTEMPTS": "5",
-        "SWEEP_INTERVAL_SECONDS": os.environ.get("SWEEP_INTERVAL_SECONDS", "10"),
-    }
-    settings = Settings.from_env(env)
-    app = WorkerApp(settings)
+    env = _dev_env(database_url, queues.queue_url, endpoint)
+    app = WorkerApp(Settings.from_env(env))
     async with AsyncExitStack() as stack:
         install_stop_signals(app.stop_requested)
         worker_task = asyncio.create_task(app.run(), name="worker")
@@ -79,35 +68,7 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
             sweep_forever(client, sweep_settings, stop_sweeping), name="recovery-sweep"
         )
         stack.push_async_callback(_stop_sweeper, stop_sweeping, sweeper)
-        started = time.monotonic()
-        jobs = []
-        for photo in sample_photos():
-            key = f"sources/{photo.name}"
-            await client.upload_source(key, photo.read_bytes())
-            jobs.append((photo, await client.create_job(key, book_id=photo.stem)))
-        for photo, job in jobs:
-            finished = await _wait_finished(client, job.id, app)
-            if finished is None:
-                break
-            if finished.status == "completed" and finished.result_bucket and finished.result_key:
-                target = out_dir / f"{photo.stem}.png"
-                response = await client.require_s3().get_object(
-                    Bucket=finished.result_bucket, Key=finished.result_key
-                )
-                async with response["Body"] as body:
-                    target.write_bytes(await body.read())
-                print(f"completed  {photo.name:22} -> {target}", flush=True)
-            else:
-                print(f"{finished.status:10} {photo.name:22} {finished.error}", flush=True)
-        elapsed = time.monotonic() - started
-        print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
-        sheet = await write_job_sheet(
-            client,
-            [(photo.name, job.id, photo.read_bytes()) for photo, job in jobs],
-            out_dir / "contact-sheet.png",
-        )
-        if sheet is not None:
-            print(f"contact sheet: {sheet}", flush=True)
+        await _run_samples(client, app, out_dir)
         print(f"metrics: http://127.0.0.1:{app.port}/metrics", flush=True)
         print(
             f"recovery sweep: every {sweep_settings.interval_seconds:g}s (queue_failed after "
@@ -129,6 +90,59 @@ async def _dev(admin_url: str, endpoint: str, out_dir: Path, exit_after_samples:
             print("Ctrl-C to stop.", flush=True)
         await worker_task
     return 0
+
+
+def _dev_env(database_url: str, queue_url: str, endpoint: str) -> dict[str, str]:
+    """The worker's and the producer's settings on the local stack."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SQS_QUEUE_URL": queue_url,
+        "AWS_ENDPOINT_URL": endpoint,
+        "SOURCE_BUCKET": "book-photos",
+        "U2NET_HOME": os.environ.get("U2NET_HOME", str(Path.cwd() / ".models")),
+        "LOG_FORMAT": "console",
+        "METRICS_PORT": os.environ.get("METRICS_PORT", "9100"),
+        "MAX_ATTEMPTS": "5",
+        "SWEEP_INTERVAL_SECONDS": os.environ.get("SWEEP_INTERVAL_SECONDS", "10"),
+    }
+
+
+async def _run_samples(client: JobClient, app: WorkerApp, out_dir: Path) -> None:
+    """The sample photos as jobs; each result into `out_dir`, then the contact sheet."""
+    started = time.monotonic()
+    jobs = []
+    for photo in sample_photos():
+        key = f"sources/{photo.name}"
+        await client.upload_source(key, photo.read_bytes())
+        jobs.append((photo, await client.create_job(key, book_id=photo.stem)))
+    for photo, job in jobs:
+        finished = await _wait_finished(client, job.id, app)
+        if finished is None:
+            break
+        if (
+            finished.status is JobStatus.COMPLETED
+            and finished.result_bucket
+            and finished.result_key
+        ):
+            target = out_dir / f"{photo.stem}.png"
+            response = await client.require_s3().get_object(
+                Bucket=finished.result_bucket, Key=finished.result_key
+            )
+            async with response["Body"] as body:
+                target.write_bytes(await body.read())
+            print(f"completed  {photo.name:22} -> {target}", flush=True)
+        else:
+            print(f"{finished.status:10} {photo.name:22} {finished.error}", flush=True)
+    elapsed = time.monotonic() - started
+    print(f"{len(jobs)} sample jobs in {elapsed:.1f}s on {app.provider}", flush=True)
+    sheet = await write_job_sheet(
+        client,
+        [(photo.name, job.id, photo.read_bytes()) for photo, job in jobs],
+        out_dir / "contact-sheet.png",
+    )
+    if sheet is not None:
+        print(f"contact sheet: {sheet}", flush=True)
 
 
 async def _stop_worker(app: WorkerApp, task: asyncio.Task[None]) -> None:

@@ -626,7 +626,7 @@ def selfcheck_problem(task: Mapping[str, Any], container_name: str) -> str | Non
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.ecs.deploy",
         description="Register a task definition revision for an image tag, check it with a "
@@ -687,6 +687,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--render-only", action="store_true", help="print the rendered task definition and exit"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.skip_selfcheck and args.force_selfcheck:
         parser.error("--skip-selfcheck and --force-selfcheck exclude each other")
@@ -697,37 +702,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         values = load_vars(args.vars, args.var)
-        task_definition = None
-        if args.image_tag is not None:
-            template = args.template or (
-                CPU_TEMPLATE if values.get("COMPUTE") == "cpu" else TEMPLATE
-            )
-            task_definition = render(args.image_tag, values, template=template)
-            if args.render_only:
-                print(json.dumps(task_definition, indent=2))
-                return 0
-        elif args.render_only:
-            raise DeployError("--render-only needs --image-tag")
-        selfcheck = None
-        if not args.skip_selfcheck:
-            selfcheck = Selfcheck(
-                container=str(values.get("CONTAINER_NAME", "worker")),
-                source_bucket=str(values["SOURCE_BUCKET"]) if values.get("SOURCE_BUCKET") else None,
-                source_prefix=str(values.get("SOURCE_PREFIX") or ""),
-            )
+        task_definition = _rendered(args, values)
+        if args.render_only:
+            print(json.dumps(task_definition, indent=2))
+            return 0
         region = args.region or (str(values["AWS_REGION"]) if values.get("AWS_REGION") else None)
-        ecs = _client("ecs", region)
-        schedule = args.sweep_schedule or values.get("RECOVERY_SCHEDULE_NAME")
-        sweep = None
-        if schedule:
-            sweep = Sweep(
-                _client("scheduler", region),
-                str(schedule),
-                args.sweep_schedule_group,
-                ecr=_client("ecr", region),
-            )
+        sweep = _sweep(args, values, region)
         outcome = deploy(
-            ecs,
+            _client("ecs", region),
             cluster=args.cluster,
             service=args.service,
             task_definition=task_definition,
@@ -738,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout=args.delay * args.max_attempts,
                 selfcheck_timeout=args.selfcheck_timeout,
             ),
-            selfcheck=selfcheck,
+            selfcheck=None if args.skip_selfcheck else _selfcheck(values),
             force_selfcheck=args.force_selfcheck,
             sweep=sweep,
             container=str(values.get("CONTAINER_NAME", "worker")),
@@ -774,6 +756,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def _rendered(args: argparse.Namespace, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The new revision's task definition for --image-tag; None to roll back to --revision."""
+    if args.image_tag is None:
+        if args.render_only:
+            raise DeployError("--render-only needs --image-tag")
+        return None
+    template = args.template or (CPU_TEMPLATE if values.get("COMPUTE") == "cpu" else TEMPLATE)
+    return render(args.image_tag, values, template=template)
+
+
+def _selfcheck(values: dict[str, Any]) -> Selfcheck:
+    return Selfcheck(
+        container=str(values.get("CONTAINER_NAME", "worker")),
+        source_bucket=str(values["SOURCE_BUCKET"]) if values.get("SOURCE_BUCKET") else None,
+        source_prefix=str(values.get("SOURCE_PREFIX") or ""),
+    )
+
+
+def _sweep(args: argparse.Namespace, values: dict[str, Any], region: str | None) -> Sweep | None:
+    schedule = args.sweep_schedule or values.get("RECOVERY_SCHEDULE_NAME")
+    if not schedule:
+        return None
+    return Sweep(
+        _client("scheduler", region),
+        str(schedule),
+        args.sweep_schedule_group,
+        ecr=_client("ecr", region),
+    )
 
 
 if __name__ == "__main__":
