@@ -190,7 +190,6 @@ async def run_worker(
     recipe: Recipe | None = None,
 ) -> dict[str, Any]:
     import aioboto3
-    import aiohttp
     import asyncpg
 
     admin_url, endpoint = stack
@@ -227,20 +226,8 @@ async def run_worker(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            async with aiohttp.ClientSession() as http:
-                while True:
-                    try:
-                        async with http.get(f"{url}/readyz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    if process.returncode is not None:
-                        raise RuntimeError("worker exited during start")
-                    await asyncio.sleep(0.2)
-
+            await wait_ready(url, process)
             ids = await insert_rows(pool, len(photos), jobs) if recipe is None else []
-            rss_at_100 = None
             worker_cpu, bench_cpu = cpu_seconds(process.pid), own_cpu_seconds()
             database_at_start = await database_cpu(pool)
             started = time.perf_counter()
@@ -248,20 +235,7 @@ async def run_worker(
                 await send_messages(sqs, queues.queue_url, ids)
             else:  # the producer's API, which stores the recipe on each row and sends
                 ids = await create_with_recipe(client, len(photos), jobs, recipe)
-            while True:
-                done = await pool.fetchval(
-                    "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
-                )
-                if rss_at_100 is None and done >= min(100, jobs):
-                    rss_at_100 = rss_mib(process.pid)
-                if done >= jobs:
-                    break
-                failed = await pool.fetchval(
-                    "SELECT count(*) FROM image_processing_jobs WHERE status = 'failed'"
-                )
-                if failed:
-                    raise RuntimeError(f"{failed} jobs failed")
-                await asyncio.sleep(0.05)
+            rss_at_100 = await drain(pool, jobs, process.pid)
             elapsed = time.perf_counter() - started
             database_end = await database_cpu(pool)
             cpu = {  # CPU seconds spent during the drain, per process
@@ -275,41 +249,110 @@ async def run_worker(
             rss_end = rss_mib(process.pid)
             peak = rss_mib(process.pid, "VmHWM")
             metrics = await scrape(url)
-
-            latencies = []
-            for index in range(latency_jobs):
-                if recipe is None:
-                    (job_id,) = await insert_rows(pool, len(photos), 1, first=index)
-                    sent_at = time.perf_counter()
-                    body = encode_message(job_id)
-                    await sqs.send_message(QueueUrl=queues.queue_url, MessageBody=body)
-                else:
-                    sent_at = time.perf_counter()
-                    (job_id,) = await create_with_recipe(
-                        client, len(photos), 1, recipe, first=index
-                    )
-                latencies.append(await completed_after(pool, job_id, sent_at))
-
-            alphas, results = [], []
-            for job_id in ids[: len(photos)]:
-                row = await pool.fetchrow(
-                    "SELECT result_bucket, result_key, outputs, background_used"
-                    " FROM image_processing_jobs WHERE id = $1",
-                    job_id,
-                )
-                response = await s3.get_object(Bucket=row["result_bucket"], Key=row["result_key"])
-                async with response["Body"] as body:
-                    data = await body.read()
-                if recipe is None:
-                    alphas.append(alpha_of(data))
-                else:
-                    results.append((data, row["outputs"], row["background_used"]))
+            latencies = [
+                await one_job_latency(client, pool, sqs, queues.queue_url, len(photos), i, recipe)
+                for i in range(latency_jobs)
+            ]
+            alphas, results = await fetch_results(pool, s3, ids[: len(photos)], recipe)
         finally:
             if process.returncode is None:
                 process.terminate()
                 await process.wait()
             await pool.close()
+    return {
+        "images": jobs,
+        "seconds": elapsed,
+        "images_per_second": jobs / elapsed,
+        "latency_p50": statistics.median(latencies),
+        "latency_p95": float(np.percentile(latencies, 95)),
+        **stage_figures(metrics),
+        "cpu_seconds_per_job": {name: seconds / jobs for name, seconds in cpu.items()},
+        "rss_at_100_mib": rss_at_100,
+        "rss_end_mib": rss_end,
+        "peak_rss_mib": peak,
+        "alphas": alphas,
+        "results": results,
+    }
 
+
+async def wait_ready(url: str, process: asyncio.subprocess.Process) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if process.returncode is not None:
+                raise RuntimeError("worker exited during start")
+            await asyncio.sleep(0.2)
+
+
+async def drain(pool: Any, jobs: int, pid: int) -> float | None:
+    """Wait until `jobs` rows are completed; the worker's RSS at job 100 (or the last)."""
+    rss_at_100 = None
+    while True:
+        done = await pool.fetchval(
+            "SELECT count(*) FROM image_processing_jobs WHERE status = 'completed'"
+        )
+        if rss_at_100 is None and done >= min(100, jobs):
+            rss_at_100 = rss_mib(pid)
+        if done >= jobs:
+            return rss_at_100
+        failed = await pool.fetchval(
+            "SELECT count(*) FROM image_processing_jobs WHERE status = 'failed'"
+        )
+        if failed:
+            raise RuntimeError(f"{failed} jobs failed")
+        await asyncio.sleep(0.05)
+
+
+async def one_job_latency(
+    client: JobClient,
+    pool: Any,
+    sqs: Any,
+    queue_url: str,
+    photos: int,
+    index: int,
+    recipe: Recipe | None,
+) -> float:
+    """Seconds from sending one job to its completion, with the worker otherwise idle."""
+    if recipe is None:
+        (job_id,) = await insert_rows(pool, photos, 1, first=index)
+        sent_at = time.perf_counter()
+        await sqs.send_message(QueueUrl=queue_url, MessageBody=encode_message(job_id))
+    else:
+        sent_at = time.perf_counter()
+        (job_id,) = await create_with_recipe(client, photos, 1, recipe, first=index)
+    return await completed_after(pool, job_id, sent_at)
+
+
+async def fetch_results(
+    pool: Any, s3: Any, ids: list[uuid.UUID], recipe: Recipe | None
+) -> tuple[list[np.ndarray], list[tuple[bytes, Any, Any]]]:
+    """Each photo's result: its alpha (default run), or the bytes, outputs and background."""
+    alphas, results = [], []
+    for job_id in ids:
+        row = await pool.fetchrow(
+            "SELECT result_bucket, result_key, outputs, background_used"
+            " FROM image_processing_jobs WHERE id = $1",
+            job_id,
+        )
+        response = await s3.get_object(Bucket=row["result_bucket"], Key=row["result_key"])
+        async with response["Body"] as body:
+            data = await body.read()
+        if recipe is None:
+            alphas.append(alpha_of(data))
+        else:
+            results.append((data, row["outputs"], row["background_used"]))
+    return alphas, results
+
+
+def stage_figures(metrics: dict[str, float]) -> dict[str, Any]:
+    """Each stage's share of the time and mean milliseconds, and the model run's mean."""
     stages = {
         key.split('"')[1]: value
         for key, value in metrics.items()
@@ -317,11 +360,6 @@ async def run_worker(
     }
     total_stage = sum(stages.values()) or 1.0
     return {
-        "images": jobs,
-        "seconds": elapsed,
-        "images_per_second": jobs / elapsed,
-        "latency_p50": statistics.median(latencies),
-        "latency_p95": float(np.percentile(latencies, 95)),
         "stage_share": {stage: value / total_stage for stage, value in stages.items()},
         "stage_mean_ms": {
             stage: 1000 * value / max(1, metrics[f'{COUNT}{{stage="{stage}"}}'])
@@ -330,12 +368,6 @@ async def run_worker(
         "model_run_ms": 1000
         * metrics["image_worker_inference_seconds_sum"]
         / max(1, metrics["image_worker_inference_seconds_count"]),
-        "cpu_seconds_per_job": {name: seconds / jobs for name, seconds in cpu.items()},
-        "rss_at_100_mib": rss_at_100,
-        "rss_end_mib": rss_end,
-        "peak_rss_mib": peak,
-        "alphas": alphas,
-        "results": results,
     }
 
 
