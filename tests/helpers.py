@@ -26,9 +26,9 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 60.0, interval: float = 0.2
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 60.0, interval: float = 0.2
 ) -> T:
-    """Poll `probe` until it returns a truthy value or the deadline passes."""
+    """Poll `probe` until it returns a truthy value (returned) or the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()

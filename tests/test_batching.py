@@ -96,6 +96,7 @@ async def test_a_stopped_batcher_fails_its_waiting_callers_and_a_restart_serves_
             release.set()
             supervisor.start("micro_batcher", batcher.run)
             output, _ = await asyncio.wait_for(runner.infer(tensor), timeout=30)
+            assert isinstance(output, np.ndarray)
             assert output.shape[0] == 1
             assert batches(runner) == (2, 2)
     finally:

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.session
@@ -25,6 +25,9 @@ from deploy.ecs.deploy import DeployError, render
 from devstack.stack import FAKE_CREDENTIALS, moto_server
 from tests.helpers import setting_names
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs.type_defs import NetworkConfigurationTypeDef
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "123456789012"
@@ -314,8 +317,11 @@ def make_service(endpoint: str, *, desired: int, compute: str) -> Service:
                        else "deploy/ecs/task-definition.json")  # fmt: skip
     first = ecs.register_task_definition(**render("first", values, template=template))
     first_arn = first["taskDefinition"]["taskDefinitionArn"]
-    network = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
-                                       "assignPublicIp": "DISABLED"}}  # fmt: skip
+    network: NetworkConfigurationTypeDef = {
+        "awsvpcConfiguration": {
+            "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"
+        }
+    }  # fmt: skip
     # moto sets rolloutState once, here: COMPLETED when MOTO_ECS_SERVICE_RUNNING (0) covers the
     # desired count, IN_PROGRESS for ever otherwise.
     ecs.create_service(

@@ -154,8 +154,10 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
         job = await producer.create_job("large.jpg", book_id="book-k")
 
         async def processing() -> bool:
-            return await db.fetchval(
-                "SELECT status = 'processing' FROM image_processing_jobs WHERE id = $1", job.id
+            return bool(
+                await db.fetchval(
+                    "SELECT status = 'processing' FROM image_processing_jobs WHERE id = $1", job.id
+                )
             )
 
         await eventually(processing, timeout=60, interval=0.05)
@@ -165,10 +167,12 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
             )
 
             async def completion_waits() -> bool:
-                return await db.fetchval(
-                    """SELECT count(*) > 0 FROM pg_stat_activity
+                return bool(
+                    await db.fetchval(
+                        """SELECT count(*) > 0 FROM pg_stat_activity
                         WHERE datname = current_database() AND wait_event_type = 'Lock'
                           AND query LIKE '%SET status = ''completed''%'"""
+                    )
                 )
 
             await eventually(completion_waits, timeout=120, interval=0.05)
@@ -176,8 +180,10 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
         # The lock is released: the completion commits; its publish hangs in the proxy.
 
         async def completed() -> bool:
-            return await db.fetchval(
-                "SELECT status = 'completed' FROM image_processing_jobs WHERE id = $1", job.id
+            return bool(
+                await db.fetchval(
+                    "SELECT status = 'completed' FROM image_processing_jobs WHERE id = $1", job.id
+                )
             )
 
         await eventually(completed, timeout=30, interval=0.02)
@@ -192,10 +198,12 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
     )
 
     async def past_grace() -> bool:
-        return await db.fetchval(
-            """SELECT completed_at < now() - interval '0.5 seconds'
+        return bool(
+            await db.fetchval(
+                """SELECT completed_at < now() - interval '0.5 seconds'
                  FROM image_processing_jobs WHERE id = $1""",
-            job.id,
+                job.id,
+            )
         )
 
     await eventually(past_grace, timeout=10)

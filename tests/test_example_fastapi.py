@@ -133,7 +133,7 @@ def listing(aws: Aws, book_id: str, *keys: str) -> dict[str, Any]:
 
 
 async def job_rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT id, status, idempotency_key FROM image_processing_jobs")
+    return list(await db.fetch("SELECT id, status, idempotency_key FROM image_processing_jobs"))
 
 
 async def finished(http: httpx.AsyncClient, job_id: str, timeout: float = 120) -> dict[str, Any]:

@@ -31,8 +31,10 @@ from worker.migrate import bundled_migrations, migrate_url
 
 
 async def rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT id, status, error, source_key, idempotency_key FROM image_processing_jobs"
+    return list(
+        await db.fetch(
+            "SELECT id, status, error, source_key, idempotency_key FROM image_processing_jobs"
+        )
     )
 
 
