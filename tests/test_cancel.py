@@ -23,8 +23,7 @@ from jobcore.cancel_queries import CancelOutcome, cancel_job
 from jobcore.event_outbox import single_output
 from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker, worker_env
-from tests.helpers import eventually, scrape, synthetic_scene
-from tests.test_delivery_retries import large_photo
+from tests.helpers import eventually, large_photo, scrape, synthetic_scene
 from worker.job_table import ClaimOutcome, Completion, JobStore
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRegistry

@@ -16,8 +16,14 @@ import pytest
 from api_client.client import JobClient
 from jobcore.event_outbox import single_output
 from tests.conftest import Aws, StartWorker, worker_env
-from tests.helpers import contract_fields, scrape, synthetic_scene, wait_finished
-from tests.test_selfcheck import check_lines, selfcheck
+from tests.helpers import (
+    check_lines,
+    contract_fields,
+    scrape,
+    selfcheck,
+    synthetic_scene,
+    wait_finished,
+)
 from worker.completion_hook import CompletionHookMissing, check_completion_hook
 from worker.errors import FailureKind, JobFailed
 from worker.job_table import Completion, JobStore

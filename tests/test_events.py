@@ -24,11 +24,16 @@ from api_client.recovery import SweepSettings
 from jobcore.cancel_queries import cancel_job
 from jobcore.event_outbox import JobEvent, single_output
 from jobcore.jobs import JobStatus
-from tests.conftest import Aws, StartWorker
+from tests.conftest import Aws, SpawnWorker, StartWorker
 from tests.faults import FaultProxy
-from tests.helpers import contract_fields, eventually, scrape, synthetic_scene, wait_finished
-from tests.test_delivery_retries import large_photo
-from tests.test_delivery_shutdown import SpawnWorker, spawn_worker  # noqa: F401 - a fixture
+from tests.helpers import (
+    contract_fields,
+    eventually,
+    large_photo,
+    scrape,
+    synthetic_scene,
+    wait_finished,
+)
 
 
 @dataclass
@@ -133,7 +138,7 @@ async def test_a_worker_without_a_topic_owes_no_events(
 
 
 async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_the_sweep(
-    spawn_worker: SpawnWorker,  # noqa: F811 - the fixture imported above
+    spawn_worker: SpawnWorker,
     producer: JobClient,
     aws: Aws,
     db: asyncpg.Pool,

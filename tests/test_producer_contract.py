@@ -32,8 +32,15 @@ from api_client import (
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import Job, encode_message
 from tests.conftest import Aws, StartWorker
-from tests.helpers import capture_logs, eventually, synthetic_scene
-from tests.test_api_client import drain, insert_job, missing_queue_url, settings_for
+from tests.helpers import (
+    capture_logs,
+    drain,
+    eventually,
+    insert_job,
+    missing_queue_url,
+    settings_for,
+    synthetic_scene,
+)
 
 
 class Producer:

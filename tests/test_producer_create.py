@@ -19,13 +19,17 @@ from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobCli
 from devstack.stack import drop_database, recreate_database
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
-from tests.helpers import capture_logs, eventually, synthetic_scene, unused_port, wait_finished
-from tests.test_api_client import (
+from tests.helpers import (
     RollBack,
+    capture_logs,
     client_for,
     drain,
+    eventually,
     missing_queue_url,
     settings_for,
+    synthetic_scene,
+    unused_port,
+    wait_finished,
 )
 from worker.migrate import bundled_migrations, migrate_url
 

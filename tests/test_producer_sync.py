@@ -23,8 +23,7 @@ from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, NewJob
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import JobStatus, decode_message
 from tests.conftest import Aws
-from tests.helpers import capture_logs, unused_port
-from tests.test_api_client import missing_queue_url, settings_for
+from tests.helpers import capture_logs, missing_queue_url, settings_for, unused_port
 
 
 class Base(DeclarativeBase):
