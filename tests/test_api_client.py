@@ -386,6 +386,7 @@ async def _visible(aws: Aws, url: str, expected: int) -> bool:
     return (await aws.queue_counts(url))[0] == expected
 
 
+@pytest.mark.slow  # a job failed through every attempt to the DLQ
 async def test_dlq_redrive_end_to_end_with_a_real_worker(
     start_worker: StartWorker, database_url: str, aws: Aws
 ) -> None:

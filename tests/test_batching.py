@@ -42,6 +42,7 @@ def batches(runner: ModelRunner) -> tuple[float, float]:
     return count, total
 
 
+@pytest.mark.slow  # many model runs, batched and not
 async def test_batched_masks_equal_batch_of_one(model_home: Path) -> None:
     single = load(model_home)
     batched = load(model_home, BATCH_SIZE="4", BATCH_WAIT_MS="200")
@@ -105,6 +106,7 @@ async def test_a_stopped_batcher_fails_its_waiting_callers_and_a_restart_serves_
         runner.close()
 
 
+@pytest.mark.slow  # a worker with a batch window
 async def test_worker_forms_batches_larger_than_one(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:

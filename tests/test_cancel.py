@@ -183,6 +183,7 @@ async def test_a_late_message_of_a_cancelled_job_is_dropped(
     assert await aws.queue_counts() == (0, 0)
 
 
+@pytest.mark.slow  # a throttled download
 async def test_cancel_while_running_ends_cancelled_with_no_object(
     start_worker: StartWorker,
     producer: JobClient,
@@ -293,7 +294,10 @@ async def processor_parts(
             models.close()
 
 
-@pytest.mark.parametrize("app_does", ["cancel", "delete"])
+@pytest.mark.parametrize(
+    "app_does",
+    ["cancel", pytest.param("delete", marks=pytest.mark.slow)],  # one in the fast lane
+)
 async def test_a_cancel_or_delete_after_the_upload_removes_the_uploaded_object(
     processor_parts: tuple[Settings, ModelRegistry, ThreadPoolExecutor],
     producer: JobClient,

@@ -24,6 +24,8 @@ from tools.terraform_hcl import load_hcl
 from worker.db_pool import open_pool
 from worker.settings import Settings
 
+pytestmark = pytest.mark.slow  # its own PostgreSQL server (initdb) and a CA
+
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 

@@ -22,6 +22,7 @@ from worker.pipeline import JobProcessor
 from worker.settings import Settings
 
 
+@pytest.mark.slow  # visibility timeouts run out twice before the one completion
 async def test_three_copies_of_a_message_give_one_completion(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -50,6 +51,7 @@ async def test_three_copies_of_a_message_give_one_completion(
     assert sum(m["image_worker_messages_received_total"] for m in totals) >= 3
 
 
+@pytest.mark.slow  # a throttled download held past the visibility timeout
 async def test_job_longer_than_visibility_timeout_is_not_redelivered(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -84,6 +86,7 @@ async def test_job_longer_than_visibility_timeout_is_not_redelivered(
     assert await aws.keys("cutouts/") == [f"cutouts/{job.id}.png"]
 
 
+@pytest.mark.slow  # every retry waits out its backoff
 async def test_transient_failures_back_off_then_exhausted_jobs_fail_and_go_to_the_dlq(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:

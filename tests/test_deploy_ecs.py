@@ -389,6 +389,7 @@ def cpu_vars_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a rollout waited on through moto's ECS
 def test_deploy_registers_a_revision_and_points_the_service_at_it(
     endpoint: str, ecs_service: tuple[Any, str, str, str], vars_file: Path
 ) -> None:
@@ -534,6 +535,7 @@ def test_a_selfcheck_that_does_not_finish_leaves_the_service_alone(
     assert task["desiredStatus"] == "STOPPED"  # the hung check is not left running
 
 
+@pytest.mark.slow  # a rollout waited out, then its rollback
 def test_a_rollout_that_never_completes_is_rolled_back_to_the_previous_revision(
     endpoint: str, busy_cpu_service: Service, cpu_vars_file: Path
 ) -> None:
@@ -623,6 +625,7 @@ def sweep_vars(tmp_path: Path, values: dict[str, Any], schedule: SweepSchedule) 
     return path
 
 
+@pytest.mark.slow  # a rollout waited on through moto's ECS
 def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:
@@ -661,6 +664,7 @@ def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
     assert json.loads(again.stdout)["sweepTaskDefinitionArn"] == outcome["sweepTaskDefinitionArn"]
 
 
+@pytest.mark.slow  # a rollout waited out, then its rollback
 def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
     endpoint: str, busy_cpu_service: Service, tmp_path: Path
 ) -> None:
@@ -680,6 +684,7 @@ def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
     assert described["services"][0]["taskDefinition"] == service.first
 
 
+@pytest.mark.slow  # three rollouts on moto's ECS
 def test_a_rollback_to_a_revision_that_ran_skips_the_selfcheck_unless_forced(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:

@@ -128,6 +128,7 @@ async def test_the_worker_publishes_one_event_per_finished_job(
     assert metrics['image_worker_events_total{outcome="failed"}'] == 0
 
 
+@pytest.mark.slow  # a second worker start; test_no_topic_no_catch_up stays fast
 async def test_a_worker_without_a_topic_owes_no_events(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:
@@ -137,6 +138,7 @@ async def test_a_worker_without_a_topic_owes_no_events(
     assert not await event_pending(db, job.id)
 
 
+@pytest.mark.slow  # a worker process started, held on a lock and killed
 async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_the_sweep(
     spawn_worker: SpawnWorker,
     producer: JobClient,
@@ -225,6 +227,7 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
     assert again.events.published == []
 
 
+@pytest.mark.slow  # two workers and two sweeps
 async def test_a_refused_publish_and_an_early_cancel_are_caught_up(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool, topic: Topic
 ) -> None:

@@ -32,6 +32,7 @@ def runner(model_home: Path) -> ModelRunner:
     return ModelRunner.load(settings(model_home))
 
 
+@pytest.mark.slow  # rembg's own session loaded beside ours
 def test_split_stages_equal_rembgs_own_predict(
     runner: ModelRunner, model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,6 +111,7 @@ def test_fetch_keeps_a_verified_model_and_replaces_a_corrupt_one(
     assert verify_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"
 
 
+@pytest.mark.slow  # many model runs
 def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: ModelRunner) -> None:
     assert runner.overlap_session is not None  # CPU, INFERENCE_THREADS=2 by default
     image = Image.open(sample_photos()[0]).convert("RGB")

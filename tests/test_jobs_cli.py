@@ -109,6 +109,7 @@ async def queued(aws: Aws, url: str | None = None) -> list[str]:
 # -- usage and settings ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a dozen image-jobs processes
 async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
     cli_env: dict[str, str],
 ) -> None:
@@ -145,6 +146,7 @@ async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str
         assert result.stdout == ""
 
 
+@pytest.mark.slow  # image-jobs processes waiting on a closed port
 async def test_unreachable_sqs_exits_3_with_one_line(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -165,6 +167,7 @@ async def test_unreachable_sqs_exits_3_with_one_line(
 # -- creating jobs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several image-jobs processes
 async def test_inject_folder_files_and_s3_objects_with_progress(
     cli_env: dict[str, str], aws: Aws, producer: JobClient, tmp_path: Path
 ) -> None:
@@ -214,6 +217,7 @@ async def test_inject_folder_files_and_s3_objects_with_progress(
     assert result.code == 2
 
 
+@pytest.mark.slow  # image-jobs retrying a missing queue
 async def test_inject_with_the_queue_missing_keeps_queue_failed_jobs_and_exits_3(
     cli_env: dict[str, str], aws: Aws, producer: JobClient, tmp_path: Path
 ) -> None:
@@ -257,6 +261,7 @@ async def test_enqueue_and_send_raw(cli_env: dict[str, str], aws: Aws) -> None:
     assert result.code == 2
 
 
+@pytest.mark.slow  # a dozen image-jobs processes
 async def test_recipe_flags_and_cancel(cli_env: dict[str, str], aws: Aws, db: asyncpg.Pool) -> None:
     await aws.put("books/1.jpg", b"x")
     flags = [
@@ -300,6 +305,7 @@ async def test_recipe_flags_and_cancel(cli_env: dict[str, str], aws: Aws, db: as
 # -- looking -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several image-jobs processes and a wait
 async def test_status_human_json_unknown_failed_and_wait(
     cli_env: dict[str, str], db: asyncpg.Pool
 ) -> None:
@@ -341,6 +347,7 @@ async def test_status_human_json_unknown_failed_and_wait(
     assert result.json()["result"] == "s3://b/cutouts/y.png"
 
 
+@pytest.mark.slow  # nine image-jobs processes, watch ticks
 async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, aws: Aws) -> None:
     old = await insert_job(
         db, "failed", error="gave up after 5 attempts: S3\ndown", age=timedelta(hours=2)
@@ -402,6 +409,7 @@ async def test_list_stats_and_watch(cli_env: dict[str, str], db: asyncpg.Pool, a
 # -- repairs -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # several image-jobs processes
 async def test_retry_failed_and_redrive_dlq(
     cli_env: dict[str, str], db: asyncpg.Pool, aws: Aws, producer: JobClient
 ) -> None:

@@ -1,6 +1,7 @@
 """How the test suite is laid out: test modules share helpers through tests/helpers.py (and the
-other non-test modules of tests/), never by importing each other; and nothing the suite or the
-build runs reads git history, so `make test` passes on a shallow clone or a tarball."""
+other non-test modules of tests/), never by importing each other; nothing the suite or the build
+runs reads git history, so `make test` passes on a shallow clone or a tarball; and the fast lane
+keeps a real-stack test of each area."""
 
 from __future__ import annotations
 
@@ -79,3 +80,45 @@ def test_the_git_check_sees_a_git_command() -> None:
     assert SHELL_GIT.search(f"\ttag=$({GIT} rev-parse HEAD)")
     assert SHELL_GIT.search(f"cd out && {GIT} log -1")
     assert not SHELL_GIT.search("\tcp .gitignore out/")
+
+
+# The fast lane (`make check`: not `slow`, not `image`) keeps a real-stack test of each area.
+FAST_AREAS = {
+    "worker end to end": "test_worker_end_to_end.py",
+    "producer": "test_api_client.py",
+    "recovery": "test_recovery.py",
+    "terraform": "test_deploy_terraform.py",
+}
+
+
+def marked(decorators: list[ast.expr], names: set[str]) -> bool:
+    """Whether a decorator or pytestmark value names pytest.mark.<one of names>."""
+    return any(
+        isinstance(node, ast.Attribute) and node.attr in names
+        for decorator in decorators
+        for node in ast.walk(decorator)
+    )
+
+
+def fast_tests(path: Path) -> list[str]:
+    module = ast.parse(path.read_text(), filename=str(path))
+    lane_markers = {"slow", "image"}
+    for node in module.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in targets):
+            assert isinstance(node, ast.Assign)
+            if marked([node.value], lane_markers):
+                return []
+    return [
+        node.name
+        for node in module.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test_")
+        and not marked(node.decorator_list, lane_markers)
+    ]
+
+
+def test_the_fast_lane_keeps_a_real_stack_test_of_each_area() -> None:
+    empty = [area for area, name in FAST_AREAS.items() if not fast_tests(REPO / "tests" / name)]
+    assert not empty, f"every test of {empty} is marked slow: keep one in the fast lane"
+    assert fast_tests(REPO / "tests" / "test_database_tls.py") == []  # the check sees pytestmark
