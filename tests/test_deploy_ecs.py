@@ -466,6 +466,7 @@ def selfcheck_tasks(service: Service) -> list[dict[str, Any]]:
     return list(described["tasks"])
 
 
+@pytest.mark.slow  # a selfcheck task run and waited on through moto's ECS
 def test_selfcheck_runs_the_new_revision_once_before_the_service_switches(
     endpoint: str, cpu_service: Service, cpu_vars_file: Path
 ) -> None:
@@ -512,6 +513,7 @@ def moto_api(endpoint: str, action: str, body: dict[str, Any]) -> int:
         return int(response.status)
 
 
+@pytest.mark.slow  # waits out the selfcheck timeout
 def test_a_selfcheck_that_does_not_finish_leaves_the_service_alone(
     endpoint: str, cpu_service: Service, cpu_vars_file: Path, tasks_never_stop: None
 ) -> None:

@@ -237,6 +237,7 @@ async def test_inject_with_the_queue_missing_keeps_queue_failed_jobs_and_exits_3
     assert job.status == "pending"
 
 
+@pytest.mark.slow  # several image-jobs processes
 async def test_enqueue_and_send_raw(cli_env: dict[str, str], aws: Aws) -> None:
     await aws.put("books/1.jpg", b"x")
     await aws.put("books/2.jpg", b"y")
