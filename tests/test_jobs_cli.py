@@ -135,6 +135,7 @@ async def test_bad_arguments_and_missing_settings_exit_2_with_one_line(
     assert r.code == 2
 
 
+@pytest.mark.slow  # four image-jobs processes; test_inject_cli_waits_for_outcomes runs the CLI fast
 async def test_unreachable_database_exits_3_with_one_line(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "DATABASE_URL": f"postgresql://postgres:secret@127.0.0.1:{unused_port()}/x"}
     commands = (["stats"], ["list"], ["status", str(uuid.uuid4())], ["retry-queue-failed"])

@@ -315,6 +315,7 @@ async def test_a_crash_between_commit_and_send_leaves_a_queue_failed_row(
     assert await drain(aws) == [row["id"]]
 
 
+@pytest.mark.slow  # a worker start; the producer contract runs a real worker fast
 async def test_an_import_in_a_transaction_is_processed_by_a_real_worker(
     db: asyncpg.Pool, aws: Aws, producer: JobClient, start_worker: StartWorker
 ) -> None:
