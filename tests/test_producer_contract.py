@@ -79,7 +79,9 @@ class Listener:
             await asyncio.to_thread(self.source.close)
 
 
-@pytest.fixture(params=["async", "sync"])
+# The whole contract on the sync client too in `make test`; the fast lane runs it on the async
+# client (test_producer_sync.py keeps the sync client's own cases fast).
+@pytest.fixture(params=["async", pytest.param("sync", marks=pytest.mark.slow)])
 def make_producer(
     request: pytest.FixtureRequest, database_url: str, aws: Aws
 ) -> Callable[..., Any]:
