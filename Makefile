@@ -58,7 +58,9 @@ dev: install
 	$(BIN)/python -m devstack
 
 ## The fast lane, before a commit: lint, types, and every test not marked `slow` or `image` (unit
-## and fast integration against the real local services; no image build).
+## and fast integration against the real local services; no image build). Under 3 minutes on two
+## quiet cores: a test that waits out a timeout or backoff, or starts processes, is marked `slow`;
+## one real-stack test per area (worker end to end, producer, recovery, terraform) stays here.
 check: install system-deps tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -48,7 +48,7 @@ async def one(pool: asyncpg.Pool, wait: Waiter) -> float:
            VALUES ($1, 'photos', 'sources/a.jpg', 'pending')""",
         job_id,
     )
-    waiter = asyncio.create_task(wait(job_id))
+    waiter = asyncio.ensure_future(wait(job_id))
     await asyncio.sleep(random.uniform(0.2, 1.0))
     changed = time.perf_counter()
     await pool.execute(

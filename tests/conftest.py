@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aioboto3
+import aiohttp
 import asyncpg
 import pytest
 
@@ -27,6 +29,7 @@ from devstack.stack import (
     recreate_database,
 )
 from tests.faults import FaultProxy
+from tests.helpers import eventually, scrape, unused_port
 from worker.app import WorkerApp
 from worker.migrate import migrate_url
 from worker.settings import Settings
@@ -220,6 +223,64 @@ async def start_worker(database_url: str, aws: Aws, model_home: Path) -> AsyncIt
     for worker in running:
         if not worker.task.done():
             await worker.stop()
+
+
+class WorkerProcess:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    async def in_flight(self) -> float:
+        return (await scrape(self.url))["image_worker_jobs_in_flight"]
+
+    async def wait_exit(self, timeout: float) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
+@pytest.fixture
+async def spawn_worker(
+    database_url: str, aws: Aws, model_home: Path, tmp_path: Path
+) -> AsyncIterator[SpawnWorker]:
+    spawned: list[WorkerProcess] = []
+
+    async def spawn(**overrides: str) -> WorkerProcess:
+        port = unused_port()
+        env = {
+            **os.environ,
+            **worker_env(database_url, aws, model_home, METRICS_PORT=str(port), **overrides),
+        }
+        log = tmp_path / f"worker-{len(spawned)}.log"
+        with log.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker", "run", env=env, stdout=sink, stderr=sink
+            )
+        worker = WorkerProcess(process, port, log)
+        spawned.append(worker)
+
+        async def ready() -> bool:
+            if process.returncode is not None:
+                raise AssertionError(f"worker exited {process.returncode}: {log.read_text()}")
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{worker.url}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=120)
+        return worker
+
+    yield spawn
+    for worker in spawned:
+        if worker.process.returncode is None:
+            worker.process.kill()
+            await worker.process.wait()
 
 
 @pytest.fixture

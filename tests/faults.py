@@ -23,6 +23,7 @@ class FaultProxy:
         self.delay = 0.0  # seconds per chunk flowing back from the target (a slow download)
         self.port = 0
         self.connections_refused = 0
+        self.held: list[bytes] = []  # what clients sent while stalled (forwarded on resume)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._resumed = asyncio.Event()
@@ -50,9 +51,14 @@ class FaultProxy:
         self._drop_links()
 
     def stall(self) -> None:
-        """Accept connections but forward nothing (a hung endpoint)."""
+        """Accept connections but forward nothing (a hung endpoint); what clients send meanwhile
+        is kept in `held`."""
         self.mode = Mode.STALL
         self._resumed.clear()
+
+    def held_request(self, marker: bytes) -> bool:
+        """Whether a client sent something containing `marker` while the proxy stalled."""
+        return any(marker in data for data in self.held)
 
     def resume(self) -> None:
         self.mode = Mode.FORWARD
@@ -90,6 +96,8 @@ class FaultProxy:
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, throttled: bool
     ) -> None:
         while data := await source.read(65536):
+            if not throttled and not self._resumed.is_set():
+                self.held.append(data)
             await self._resumed.wait()
             if throttled and self.delay:
                 await asyncio.sleep(self.delay)

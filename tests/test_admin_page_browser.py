@@ -24,9 +24,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from devstack.stack import sample_photos
 from tests.conftest import Aws, StartWorker
+from tests.example_app import REPO, LaunchApp, app_env, finished, listing
+from tests.example_app import launch_app as launch_app  # the fixture
 from tests.helpers import eventually, synthetic_scene
-from tests.test_example_fastapi import REPO, LaunchApp, app_env, finished, listing
-from tests.test_example_fastapi import launch_app as launch_app  # the fixture
 
 pytestmark = pytest.mark.slow  # uvicorn, a worker and Chromium
 
@@ -90,6 +90,7 @@ class Browser:
             return found if found and all(complete for _, complete, _, _ in found) else None
 
         found = WebDriverWait(self.driver, PAGE_SECONDS).until(loaded)
+        assert found is not None  # until() returns the first truthy answer or raises
         return {name: (width, height) for name, _, width, height in found}
 
     def click(self, css: str) -> None:

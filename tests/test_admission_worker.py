@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
 from api_client.client import JobClient
@@ -15,6 +16,7 @@ from tests.conftest import Aws, StartWorker
 from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
 
 
+@pytest.mark.slow  # jobs queued behind the memory budget
 async def test_jobs_over_the_budget_wait_and_finish(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -42,6 +44,7 @@ async def _healthz(url: str) -> tuple[int, str]:
         return response.status, str(body["detail"])
 
 
+@pytest.mark.slow  # waits for the watchdog
 async def test_stuck_cpu_work_fails_healthz(start_worker: StartWorker) -> None:
     worker = await start_worker(CPU_THREADS="1", JOB_TIMEOUT_SECONDS="1")
     pool = worker.app.cpu_pool

@@ -8,82 +8,33 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 
 from api_client.client import (
     ClientConfigError,
-    ClientSettings,
     JobClient,
     JobNotFound,
     JobWaitTimeout,
     NewJob,
 )
 from devstack.stack import create_queue_pair
-from jobcore.jobs import JobStatus, decode_message
+from jobcore.jobs import JobStatus
 from jobcore.sqs import entry_outcomes
 from tests.conftest import Aws, StartWorker
-from tests.helpers import capture_logs, eventually, synthetic_scene, unused_port
-
-
-def settings_for(database_url: str, aws: Aws, **changes: Any) -> ClientSettings:
-    values: dict[str, Any] = {
-        "database_url": database_url,
-        "queue_url": aws.queue_url,
-        "source_bucket": aws.bucket,
-        "aws_region": "us-east-1",
-        "aws_endpoint_url": aws.endpoint,
-        "aws_max_attempts": 1,
-        "connect_timeout": 3.0,
-    }
-    values.update(changes)
-    return ClientSettings(**values)
-
-
-@asynccontextmanager
-async def client_for(database_url: str, aws: Aws, **changes: Any) -> AsyncIterator[JobClient]:
-    async with JobClient.connect(settings_for(database_url, aws, **changes)) as client:
-        yield client
-
-
-def missing_queue_url(aws: Aws) -> str:
-    return aws.queue_url.rsplit("/", 1)[0] + f"/gone-{uuid.uuid4().hex[:8]}"
-
-
-async def drain(aws: Aws, url: str | None = None) -> list[uuid.UUID]:
-    """Receive every visible message of the queue (kept invisible); their job ids."""
-    return [decode_message(body) for body in await aws.receive_all(url)]
-
-
-async def insert_job(
-    db: asyncpg.Pool, status: str, *, age: timedelta = timedelta(0), **columns: Any
-) -> uuid.UUID:
-    job_id = uuid.uuid4()
-    await db.execute(
-        """INSERT INTO image_processing_jobs
-               (id, source_bucket, source_key, status, attempts, error, created_at,
-                result_bucket, result_key)
-           VALUES ($1, 'b', $2, $3, $4, $5, now() - $6::interval,
-                   CASE WHEN $3 = 'completed' THEN 'b' END,
-                   CASE WHEN $3 = 'completed' THEN 'cutouts/x.png' END)""",
-        job_id,
-        columns.get("source_key", f"sources/{job_id}.jpg"),
-        status,
-        columns.get("attempts", 0),
-        columns.get("error"),
-        age,
-    )
-    return job_id
-
-
-class RollBack(Exception):
-    pass
-
+from tests.helpers import (
+    capture_logs,
+    client_for,
+    drain,
+    eventually,
+    insert_job,
+    missing_queue_url,
+    settings_for,
+    synthetic_scene,
+    unused_port,
+)
 
 # -- create_job ------------------------------------------------------------------------------------
 
@@ -435,6 +386,7 @@ async def _visible(aws: Aws, url: str, expected: int) -> bool:
     return (await aws.queue_counts(url))[0] == expected
 
 
+@pytest.mark.slow  # a job failed through every attempt to the DLQ
 async def test_dlq_redrive_end_to_end_with_a_real_worker(
     start_worker: StartWorker, database_url: str, aws: Aws
 ) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import io
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,11 +29,11 @@ from worker.supervisor import Supervisor
 BASE = {"DATABASE_URL": "postgresql://u@h/db", "SQS_QUEUE_URL": "http://127.0.0.1:1/q"}
 
 
-def load(model_home: Path, **env: str) -> ModelRunner:
+def load(model_home: Path, **env: str) -> ModelRunner[Any, Any]:
     return ModelRunner.load(Settings.from_env({**BASE, "U2NET_HOME": str(model_home), **env}))
 
 
-def batches(runner: ModelRunner) -> tuple[float, float]:
+def batches(runner: ModelRunner[Any, Any]) -> tuple[float, float]:
     """(batches run, images in them) from the runner's batch-size histogram."""
     registry = runner.metrics.registry
     count = registry.get_sample_value("image_worker_inference_batch_size_count")
@@ -42,6 +43,7 @@ def batches(runner: ModelRunner) -> tuple[float, float]:
     return count, total
 
 
+@pytest.mark.slow  # many model runs, batched and not
 async def test_batched_masks_equal_batch_of_one(model_home: Path) -> None:
     single = load(model_home)
     batched = load(model_home, BATCH_SIZE="4", BATCH_WAIT_MS="200")
@@ -96,6 +98,7 @@ async def test_a_stopped_batcher_fails_its_waiting_callers_and_a_restart_serves_
             release.set()
             supervisor.start("micro_batcher", batcher.run)
             output, _ = await asyncio.wait_for(runner.infer(tensor), timeout=30)
+            assert isinstance(output, np.ndarray)
             assert output.shape[0] == 1
             assert batches(runner) == (2, 2)
     finally:
@@ -104,6 +107,7 @@ async def test_a_stopped_batcher_fails_its_waiting_callers_and_a_restart_serves_
         runner.close()
 
 
+@pytest.mark.slow  # a worker with a batch window
 async def test_worker_forms_batches_larger_than_one(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aioboto3
 import asyncpg
@@ -23,13 +23,15 @@ from jobcore.cancel_queries import CancelOutcome, cancel_job
 from jobcore.event_outbox import single_output
 from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker, worker_env
-from tests.helpers import eventually, scrape, synthetic_scene
-from tests.test_delivery_retries import large_photo
+from tests.helpers import eventually, large_photo, scrape, synthetic_scene
 from worker.job_table import ClaimOutcome, Completion, JobStore
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRegistry
 from worker.pipeline import Action, JobProcessor
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
 
 
 async def insert_job(db: asyncpg.Pool, status: str = "pending", **columns: Any) -> uuid.UUID:
@@ -181,6 +183,7 @@ async def test_a_late_message_of_a_cancelled_job_is_dropped(
     assert await aws.queue_counts() == (0, 0)
 
 
+@pytest.mark.slow  # a throttled download
 async def test_cancel_while_running_ends_cancelled_with_no_object(
     start_worker: StartWorker,
     producer: JobClient,
@@ -195,7 +198,7 @@ async def test_cancel_while_running_ends_cancelled_with_no_object(
     job = await producer.create_job("large.jpg", book_id="b-1")
 
     async def running() -> bool:
-        return (await row(db, job.id))["status"] == "processing"
+        return bool((await row(db, job.id))["status"] == "processing")
 
     await eventually(running, timeout=30, interval=0.05)
     result = await cancel_job(db, job.id, "book deleted")
@@ -291,7 +294,10 @@ async def processor_parts(
             models.close()
 
 
-@pytest.mark.parametrize("app_does", ["cancel", "delete"])
+@pytest.mark.parametrize(
+    "app_does",
+    ["cancel", pytest.param("delete", marks=pytest.mark.slow)],  # one in the fast lane
+)
 async def test_a_cancel_or_delete_after_the_upload_removes_the_uploaded_object(
     processor_parts: tuple[Settings, ModelRegistry, ThreadPoolExecutor],
     producer: JobClient,
@@ -309,7 +315,9 @@ async def test_a_cancel_or_delete_after_the_upload_removes_the_uploaded_object(
     ) as s3:
         app_after_upload = AfterUpload(s3, db, app_does)
         store = JobStore(db, settings.worker_id)
-        processor = JobProcessor(settings, store, app_after_upload, model, cpu_pool, metrics)
+        # AfterUpload stands in for the S3 client (it forwards everything but put_object).
+        s3_client = cast("S3Client", app_after_upload)
+        processor = JobProcessor(settings, store, s3_client, model, cpu_pool, metrics)
         outcome = await processor.process(job.id, 1, None, time.monotonic() + 60)
 
     assert outcome.action is Action.DELETE

@@ -16,8 +16,14 @@ import pytest
 from api_client.client import JobClient
 from jobcore.event_outbox import single_output
 from tests.conftest import Aws, StartWorker, worker_env
-from tests.helpers import contract_fields, scrape, synthetic_scene, wait_finished
-from tests.test_selfcheck import check_lines, selfcheck
+from tests.helpers import (
+    check_lines,
+    contract_fields,
+    scrape,
+    selfcheck,
+    synthetic_scene,
+    wait_finished,
+)
 from worker.completion_hook import CompletionHookMissing, check_completion_hook
 from worker.errors import FailureKind, JobFailed
 from worker.job_table import Completion, JobStore
@@ -129,6 +135,7 @@ def test_a_hook_name_that_is_no_identifier_stops_the_start(database_url: str, aw
             Settings.from_env(env)
 
 
+@pytest.mark.slow  # a worker start
 async def test_a_worker_with_the_hook_attaches_each_cut_out(
     app_db: asyncpg.Pool, start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -146,6 +153,7 @@ async def test_a_worker_with_the_hook_attaches_each_cut_out(
     )
 
 
+@pytest.mark.slow  # a worker start
 async def test_a_worker_whose_hook_raises_fails_the_attempt_with_its_error(
     app_db: asyncpg.Pool, start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -172,6 +180,7 @@ async def test_a_missing_hook_refuses_the_start(
         await start_worker(COMPLETION_HOOK="app.attach_image")
 
 
+@pytest.mark.slow  # selfcheck processes
 async def test_the_deploy_gate_checks_the_hook(
     app_db: asyncpg.Pool, database_url: str, aws: Aws, model_home: Path
 ) -> None:

@@ -18,6 +18,7 @@ from worker.consumer import Consumer, InFlight
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRegistry
 from worker.pipeline import JobProcessor
+from worker.ports import MessageQueue
 from worker.settings import Settings
 from worker.supervisor import Supervisor
 
@@ -32,7 +33,9 @@ def make_consumer(
     models = ModelRegistry(settings, metrics)  # never asked for a model by these tests
     cpu_pool = ThreadPoolExecutor(1)
     processor = JobProcessor(settings, store, cast(Any, FakeS3()), models, cpu_pool, metrics)
-    consumer = Consumer(settings, queue, store, processor, metrics, Supervisor(metrics))
+    # FakeQueue answers the same calls with plain dicts, not the SQS stubs' typed responses.
+    sqs = cast(MessageQueue, queue)
+    consumer = Consumer(settings, sqs, store, processor, metrics, Supervisor(metrics))
 
     def close() -> None:
         models.close()
@@ -159,6 +162,7 @@ async def test_a_failed_lease_heartbeat_is_logged_and_visibility_is_still_extend
     (warning,) = [e for e in logs if e["event"] == "lease heartbeat failed"]
     assert warning["error"] == "database went away"
     assert warning["log_level"] == "warning"
+    assert entry.job_id is not None
     assert store.leases[entry.job_id] == VISIBILITY  # unchanged: the write failed
 
 

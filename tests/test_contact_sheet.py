@@ -25,9 +25,9 @@ from api_client.contact_sheet import (
     tile_origin,
 )
 from devstack.stack import sample_photos
+from tests.cli_runs import REPO, run
 from tests.conftest import Aws, StartWorker
 from tests.helpers import synthetic_scene
-from tests.test_jobs_cli import REPO, run
 
 RED = (200, 20, 20)
 PHOTO_GREEN = (40, 160, 60)

@@ -94,6 +94,7 @@ async def test_what_a_role_was_not_granted_fails(logins: dict[str, str]) -> None
         await _refused(url, "CREATE TABLE public.intruder (x int)")
 
 
+@pytest.mark.slow  # concurrent migrations
 async def test_the_roles_migration_runs_again_and_concurrently(
     database_url: str, pg_admin_url: str
 ) -> None:

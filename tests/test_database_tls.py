@@ -20,8 +20,11 @@ import asyncpg
 import pytest
 
 from tests.helpers import unused_port
+from tools.terraform_hcl import load_hcl
 from worker.db_pool import open_pool
 from worker.settings import Settings
+
+pytestmark = pytest.mark.slow  # its own PostgreSQL server (initdb) and a CA
 
 INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
@@ -137,8 +140,6 @@ async def test_without_verification_the_same_server_is_accepted(tls_server: TlsS
 
 def _rds_json_tls() -> str:
     """The TLS query the Terraform module puts on rds_json DATABASE_URLs."""
-    from tools.terraform_hcl import load_hcl
-
     (locals_,) = load_hcl(Path(__file__).resolve().parents[1] / "terraform" / "secrets.tf")[
         "locals"
     ]

@@ -57,7 +57,7 @@ class PasswordServer:
 def password_server() -> Iterator[PasswordServer]:
     """A private PostgreSQL whose pg_hba makes ROLE log in with a SCRAM password."""
     with tempfile.TemporaryDirectory(prefix="iw-pgpw-") as folder:
-        server = pgserver.get_server(Path(folder), cleanup_mode="stop")
+        server = pgserver.postgres_server.get_server(Path(folder), cleanup_mode="stop")
         try:
             hba = Path(folder) / "pg_hba.conf"
             hba.write_text(f"local all {ROLE} scram-sha-256\n" + hba.read_text())

@@ -26,6 +26,7 @@ BAD_INPUTS: dict[str, tuple[bytes | None, str]] = {
 }
 
 
+@pytest.mark.slow  # a dozen bad inputs through a worker
 async def test_bad_inputs_fail_with_reasons_and_the_daemon_carries_on(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -71,6 +72,7 @@ async def test_bad_inputs_fail_with_reasons_and_the_daemon_carries_on(
         assert response.status == 200
 
 
+@pytest.mark.slow  # waits out the recheck delay
 async def test_unknown_job_id_is_dropped_after_a_recheck(
     start_worker: StartWorker, aws: Aws
 ) -> None:
@@ -113,7 +115,14 @@ VALID_ODDITIES: dict[str, Callable[[], tuple[bytes, np.ndarray]]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(VALID_ODDITIES))
+@pytest.mark.parametrize(
+    "name",
+    # One in the fast lane; each further format starts another worker.
+    [
+        name if name == "exif-rotated.jpg" else pytest.param(name, marks=pytest.mark.slow)
+        for name in VALID_ODDITIES
+    ],
+)
 async def test_odd_formats_succeed_upright_with_a_correct_mask(
     name: str, start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:

@@ -138,7 +138,20 @@ async def test_sqs_and_s3_refusing_then_hanging_then_back(
 
     jobs = await make_jobs(producer, aws, 2, "outage")  # sent straight to moto meanwhile
     proxy.stall()  # now the endpoint accepts but never answers
-    await asyncio.sleep(2)
+
+    async def receive_hangs() -> bool:
+        return proxy.held_request(b"AmazonSQS.ReceiveMessage")
+
+    await eventually(receive_hangs, timeout=30, interval=0.05)  # past the backoff of the cut
+    # While the receive hangs the worker stays alive and not ready, and takes no job.
+    assert (await get_json(f"{worker.url}/healthz"))[0] == 200
+    status, body = await get_json(f"{worker.url}/readyz")
+    assert status == 503
+    assert body["checks"] == {"model": "loaded", "database": "ok", "sqs": "receive failing"}
+    for job in jobs:
+        row = await producer.get_job(job.id)
+        assert row is not None
+        assert row.status is JobStatus.PENDING
     proxy.resume()
 
     finished = await wait_finished(producer, [j.id for j in jobs], timeout=120)

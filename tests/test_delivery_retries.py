@@ -4,27 +4,25 @@ the DLQ."""
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import datetime
 from urllib.parse import urlsplit
 
 import asyncpg
-import numpy as np
 import pytest
-from PIL import Image
 
 from api_client.client import JobClient
 from devstack.stack import create_queue_pair
 from jobcore.jobs import JobStatus, encode_message
 from tests.conftest import Aws, StartWorker
 from tests.faults import FaultProxy
-from tests.helpers import eventually, scrape, synthetic_scene, wait_finished
+from tests.helpers import eventually, large_photo, scrape, synthetic_scene, wait_finished
 from worker.metrics import WorkerMetrics
 from worker.pipeline import JobProcessor
 from worker.settings import Settings
 
 
+@pytest.mark.slow  # visibility timeouts run out twice before the one completion
 async def test_three_copies_of_a_message_give_one_completion(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -53,15 +51,7 @@ async def test_three_copies_of_a_message_give_one_completion(
     assert sum(m["image_worker_messages_received_total"] for m in totals) >= 3
 
 
-def large_photo() -> bytes:
-    """A 2400x1800 JPEG of noise (about 3 MB): slow to download through a throttled link."""
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 255, size=(1800, 2400, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
+@pytest.mark.slow  # a throttled download held past the visibility timeout
 async def test_job_longer_than_visibility_timeout_is_not_redelivered(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:
@@ -96,6 +86,7 @@ async def test_job_longer_than_visibility_timeout_is_not_redelivered(
     assert await aws.keys("cutouts/") == [f"cutouts/{job.id}.png"]
 
 
+@pytest.mark.slow  # every retry waits out its backoff
 async def test_transient_failures_back_off_then_exhausted_jobs_fail_and_go_to_the_dlq(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:

@@ -3,83 +3,18 @@ second signal exits at once, and `kill -9` loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 
 from api_client.client import JobClient
 from jobcore.jobs import Job, JobStatus
-from tests.conftest import Aws, StartWorker, worker_env
-from tests.helpers import eventually, scrape, synthetic_scene, unused_port, wait_finished
-from tests.test_delivery_retries import large_photo
+from tests.conftest import Aws, SpawnWorker, StartWorker
+from tests.helpers import eventually, large_photo, synthetic_scene, wait_finished
 
 pytestmark = pytest.mark.slow  # worker processes drained, signalled and killed
-
-
-class WorkerProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-
-    async def in_flight(self) -> float:
-        return (await scrape(self.url))["image_worker_jobs_in_flight"]
-
-    async def wait_exit(self, timeout: float) -> int:
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
-SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
-
-
-@pytest.fixture
-async def spawn_worker(
-    database_url: str, aws: Aws, model_home: Path, tmp_path: Path
-) -> AsyncIterator[SpawnWorker]:
-    spawned: list[WorkerProcess] = []
-
-    async def spawn(**overrides: str) -> WorkerProcess:
-        port = unused_port()
-        env = {
-            **os.environ,
-            **worker_env(database_url, aws, model_home, METRICS_PORT=str(port), **overrides),
-        }
-        log = tmp_path / f"worker-{len(spawned)}.log"
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "run", env=env, stdout=sink, stderr=sink
-            )
-        worker = WorkerProcess(process, port, log)
-        spawned.append(worker)
-
-        async def ready() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(f"worker exited {process.returncode}: {log.read_text()}")
-            try:
-                async with (
-                    aiohttp.ClientSession() as session,
-                    session.get(f"{worker.url}/readyz") as response,
-                ):
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(ready, timeout=120)
-        return worker
-
-    yield spawn
-    for worker in spawned:
-        if worker.process.returncode is None:
-            worker.process.kill()
-            await worker.process.wait()
 
 
 async def slow_jobs(producer: JobClient, aws: Aws, count: int) -> list[Job]:

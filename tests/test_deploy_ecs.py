@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.session
@@ -25,6 +25,9 @@ from deploy.ecs.deploy import DeployError, render
 from devstack.stack import FAKE_CREDENTIALS, moto_server
 from tests.helpers import setting_names
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs.type_defs import NetworkConfigurationTypeDef
 
 REPO = Path(__file__).resolve().parents[1]
 ACCOUNT = "123456789012"
@@ -314,8 +317,11 @@ def make_service(endpoint: str, *, desired: int, compute: str) -> Service:
                        else "deploy/ecs/task-definition.json")  # fmt: skip
     first = ecs.register_task_definition(**render("first", values, template=template))
     first_arn = first["taskDefinition"]["taskDefinitionArn"]
-    network = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
-                                       "assignPublicIp": "DISABLED"}}  # fmt: skip
+    network: NetworkConfigurationTypeDef = {
+        "awsvpcConfiguration": {
+            "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"
+        }
+    }  # fmt: skip
     # moto sets rolloutState once, here: COMPLETED when MOTO_ECS_SERVICE_RUNNING (0) covers the
     # desired count, IN_PROGRESS for ever otherwise.
     ecs.create_service(
@@ -383,6 +389,7 @@ def cpu_vars_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a rollout waited on through moto's ECS
 def test_deploy_registers_a_revision_and_points_the_service_at_it(
     endpoint: str, ecs_service: tuple[Any, str, str, str], vars_file: Path
 ) -> None:
@@ -459,6 +466,7 @@ def selfcheck_tasks(service: Service) -> list[dict[str, Any]]:
     return list(described["tasks"])
 
 
+@pytest.mark.slow  # a selfcheck task run and waited on through moto's ECS
 def test_selfcheck_runs_the_new_revision_once_before_the_service_switches(
     endpoint: str, cpu_service: Service, cpu_vars_file: Path
 ) -> None:
@@ -505,6 +513,7 @@ def moto_api(endpoint: str, action: str, body: dict[str, Any]) -> int:
         return int(response.status)
 
 
+@pytest.mark.slow  # waits out the selfcheck timeout
 def test_a_selfcheck_that_does_not_finish_leaves_the_service_alone(
     endpoint: str, cpu_service: Service, cpu_vars_file: Path, tasks_never_stop: None
 ) -> None:
@@ -528,6 +537,7 @@ def test_a_selfcheck_that_does_not_finish_leaves_the_service_alone(
     assert task["desiredStatus"] == "STOPPED"  # the hung check is not left running
 
 
+@pytest.mark.slow  # a rollout waited out, then its rollback
 def test_a_rollout_that_never_completes_is_rolled_back_to_the_previous_revision(
     endpoint: str, busy_cpu_service: Service, cpu_vars_file: Path
 ) -> None:
@@ -617,6 +627,7 @@ def sweep_vars(tmp_path: Path, values: dict[str, Any], schedule: SweepSchedule) 
     return path
 
 
+@pytest.mark.slow  # a rollout waited on through moto's ECS
 def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:
@@ -655,6 +666,7 @@ def test_the_sweep_gets_the_same_tag_and_the_schedule_moves_with_the_service(
     assert json.loads(again.stdout)["sweepTaskDefinitionArn"] == outcome["sweepTaskDefinitionArn"]
 
 
+@pytest.mark.slow  # a rollout waited out, then its rollback
 def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
     endpoint: str, busy_cpu_service: Service, tmp_path: Path
 ) -> None:
@@ -674,6 +686,7 @@ def test_a_failed_rollout_rolls_the_sweep_back_with_the_service(
     assert described["services"][0]["taskDefinition"] == service.first
 
 
+@pytest.mark.slow  # three rollouts on moto's ECS
 def test_a_rollback_to_a_revision_that_ran_skips_the_selfcheck_unless_forced(
     endpoint: str, cpu_service: Service, tmp_path: Path
 ) -> None:

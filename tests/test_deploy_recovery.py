@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,10 +20,7 @@ from api_client.recovery import EMF_NAMESPACE, SweepReport, SweepSettings
 from jobcore.recovery_queries import UnsentBacklog
 from tests.conftest import Aws
 from tests.helpers import setting_names
-from tests.test_deploy_terraform import Module, _resolve, _statements, block
-
-REPO = Path(__file__).resolve().parents[1]
-TERRAFORM = REPO / "terraform"
+from tests.terraform_module import REPO, TERRAFORM, Module, block, policy_statements, resolve
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +173,9 @@ async def test_task_role_grants_exactly_what_a_real_sweep_calls(
     needed = {"sqs:" + name.split(":", 1)[1].removesuffix("Batch") for name in called}
     assert needed == {"sqs:SendMessage", "sqs:GetQueueAttributes"}, called
     document = module.data["aws_iam_policy_document"]["recovery"]
-    statements = {s["sid"]: s for s in _statements(document)}
+    statements = {s["sid"]: s for s in policy_statements(document)}
     assert set(statements) == {"ResendJobs", "QueueKey"}
-    granted = set(_resolve(module, statements["ResendJobs"]["actions"]))
+    granted = set(resolve(module, statements["ResendJobs"]["actions"]))
     assert granted == needed
     assert statements["ResendJobs"]["resources"] == ["${aws_sqs_queue.jobs.arn}"]
     assert statements["QueueKey"]["resources"] == ["${var.queue_kms_key_arn}"]
@@ -189,11 +185,11 @@ async def test_task_role_grants_exactly_what_a_real_sweep_calls(
 
 def test_scheduler_role_runs_only_this_task_and_passes_only_its_roles(module: Module) -> None:
     assume = module.data["aws_iam_policy_document"]["scheduler_assume"]
-    (trust,) = list(_statements(assume))
+    (trust,) = list(policy_statements(assume))
     assert block(trust, "principals")["identifiers"] == ["scheduler.amazonaws.com"]
     assert block(trust, "condition")["variable"] == "aws:SourceAccount"
     policy = module.data["aws_iam_policy_document"]["scheduler"]
-    statements = {s["sid"]: s for s in _statements(policy)}
+    statements = {s["sid"]: s for s in policy_statements(policy)}
     assert set(statements) == {"RunTheSweepTask", "TagTheSweepTask", "PassTheSweepRoles"}
     # propagate_tags: RunTask tags the task, authorised as ecs:TagResource on it.
     schedule = module.resource("aws_scheduler_schedule", "recovery")

@@ -9,74 +9,26 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import setting_names
-from tools.terraform_hcl import load_hcl
+from tests.terraform_module import (
+    DEPLOY_TEMPLATES,
+    EXAMPLE,
+    REPO,
+    TERRAFORM,
+    Module,
+    block,
+    blocks,
+    policy_statements,
+    resolve,
+)
 from worker.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
-TERRAFORM = REPO / "terraform"
-EXAMPLE = TERRAFORM / "examples" / "complete"
 CHECKOV = REPO / ".tools" / "checkov" / "bin" / "checkov"
-DEPLOY_TEMPLATES = [
-    REPO / "deploy/ecs/task-definition.json",
-    REPO / "deploy/ecs/metrics-sidecar.json",
-    REPO / "deploy/ecs/task-definition-cpu.json",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading HCL
-# ---------------------------------------------------------------------------------------------
-class Module:
-    """All .tf files of one directory, indexed: resources[type][name], data, locals, variables."""
-
-    def __init__(self, directory: Path) -> None:
-        self.files = {path.name: load_hcl(path) for path in sorted(directory.glob("*.tf"))}
-        self.resources: dict[str, dict[str, dict[str, Any]]] = {}
-        self.data: dict[str, dict[str, dict[str, Any]]] = {}
-        self.locals: dict[str, Any] = {}
-        self.variables: dict[str, dict[str, Any]] = {}
-        self.outputs: dict[str, dict[str, Any]] = {}
-        self.modules: dict[str, dict[str, Any]] = {}
-        for content in self.files.values():
-            for kind, target in (("resource", self.resources), ("data", self.data)):
-                for block in content.get(kind, []):
-                    for rtype, named in block.items():
-                        for rname, body in named.items():
-                            target.setdefault(rtype, {})[rname] = body
-            for block in content.get("locals", []):
-                self.locals.update(block)
-            for block in content.get("variable", []):
-                self.variables.update(block)
-            for block in content.get("output", []):
-                self.outputs.update(block)
-            for block in content.get("module", []):
-                self.modules.update(block)
-
-    def resource(self, rtype: str, name: str) -> dict[str, Any]:
-        assert name in self.resources.get(rtype, {}), f"terraform has no {rtype}.{name}"
-        return self.resources[rtype][name]
-
-
-def block(body: dict[str, Any], name: str) -> dict[str, Any]:
-    """The single nested block `name` (python-hcl2 gives blocks as lists)."""
-    value = body[name]
-    if isinstance(value, list):
-        assert len(value) == 1, f"expected one {name} block, got {len(value)}"
-        value = value[0]
-    assert isinstance(value, dict)
-    return value
-
-
-def blocks(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    value = body.get(name, [])
-    return value if isinstance(value, list) else [value]
 
 
 @pytest.fixture(scope="module")
@@ -556,27 +508,15 @@ def test_scale_from_zero_and_to_zero_alarms_drive_step_policies(module: Module) 
 # ---------------------------------------------------------------------------------------------
 # IAM and network
 # ---------------------------------------------------------------------------------------------
-def _statements(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield from blocks(document, "statement")
-    for dynamic in blocks(document, "dynamic"):
-        yield from blocks(dynamic["statement"], "content")
-
-
-def _resolve(module: Module, value: Any) -> Any:
-    if isinstance(value, str) and (match := re.fullmatch(r"\$\{local\.(\w+)\}", value)):
-        return module.locals[match.group(1)]
-    return value
-
-
 def test_task_role_sqs_actions_cover_what_the_worker_calls(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["task"]
     sqs = {
         statement["sid"]: statement
-        for statement in _statements(document)
-        if any("sqs:" in action for action in _resolve(module, statement["actions"]))
+        for statement in policy_statements(document)
+        if any("sqs:" in action for action in resolve(module, statement["actions"]))
     }
     assert set(sqs) == {"ConsumeThisQueue", "ReadDlqDepth"}
-    granted = set(_resolve(module, sqs["ConsumeThisQueue"]["actions"]))
+    granted = set(resolve(module, sqs["ConsumeThisQueue"]["actions"]))
     needed = {iam_action(method) for method in worker_sqs_calls()}
     needed |= {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
     assert needed <= granted, f"task role lacks {sorted(needed - granted)}"
@@ -585,12 +525,12 @@ def test_task_role_sqs_actions_cover_what_the_worker_calls(module: Module) -> No
     # The DLQ: read its depth (worker/queue_stats.py), never consume from it.
     dlq = sqs["ReadDlqDepth"]
     assert dlq["resources"] == ["${aws_sqs_queue.dlq.arn}"]
-    assert set(_resolve(module, dlq["actions"])) == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
+    assert set(resolve(module, dlq["actions"])) == {"sqs:GetQueueUrl", "sqs:GetQueueAttributes"}
 
 
 def test_task_role_s3_is_scoped_to_prefixes_and_nothing_is_star(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["task"]
-    by_action = {a: s for s in _statements(document) for a in _resolve(module, s["actions"])}
+    by_action = {a: s for s in policy_statements(document) for a in resolve(module, s["actions"])}
     assert by_action["s3:GetObject"]["resources"] == ["${local.source_object_arn}"]
     assert by_action["s3:PutObject"]["resources"] == ["${local.result_object_arn}"]
     # s3:ListBucket on the source bucket: without it S3 answers a missing key with 403, and the
@@ -603,15 +543,15 @@ def test_task_role_s3_is_scoped_to_prefixes_and_nothing_is_star(module: Module) 
     assert module.locals["result_object_arn"].endswith(
         "${local.result_bucket}/${var.result_prefix}*"
     )
-    for statement in _statements(document):
-        assert "*" not in _resolve(module, statement["resources"]), statement
+    for statement in policy_statements(document):
+        assert "*" not in resolve(module, statement["resources"]), statement
 
 
 def test_execution_role_reads_only_the_secret_and_star_only_where_unscopable(
     module: Module,
 ) -> None:
     document = module.data["aws_iam_policy_document"]["execution"]
-    statements = list(_statements(document))
+    statements = list(policy_statements(document))
     secret = [s for s in statements if "secretsmanager:GetSecretValue" in s["actions"]]
     assert secret
     # The worker's secret and the sweep's (image_worker and image_producer), nothing else.
@@ -619,7 +559,7 @@ def test_execution_role_reads_only_the_secret_and_star_only_where_unscopable(
         "${distinct([local.database_url_secret_arn, local.sweep_database_url_secret_arn])}"
     )
     for statement in statements:
-        if "*" in _resolve(module, statement["resources"]):
+        if "*" in resolve(module, statement["resources"]):
             assert statement["actions"] == ["ecr:GetAuthorizationToken"], statement
 
 
@@ -730,10 +670,10 @@ def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) 
     document = module.data["aws_iam_policy_document"]["producer"]
     statements = [
         s
-        for s in _statements(document)
+        for s in policy_statements(document)
         if s["sid"] not in {"QueueKey", "SourceBucketKey", "ResultBucketKey"}
     ]
-    granted = {a for s in statements for a in _resolve(module, s["actions"])}
+    granted = {a for s in statements for a in resolve(module, s["actions"])}
     needed = {producer_iam_action(*call) for call in producer_calls()}
     needed |= {producer_iam_action(*call) for call in PRODUCER_HEALTH_CHECK_CALLS}
     assert needed <= granted, f"producer policy lacks {sorted(needed - granted)}"
@@ -747,18 +687,18 @@ def test_producer_policy_grants_exactly_what_the_producer_calls(module: Module) 
     assert by_sid["SourceBucketHealth"]["resources"] == ["${local.source_bucket_arn}"]
     # result_url presigns GetObject and delete_jobs deletes outputs: on the result prefix only.
     assert by_sid["ReadAndPurgeResults"]["resources"] == ["${local.result_object_arn}"]
-    assert set(_resolve(module, by_sid["ReadAndPurgeResults"]["actions"])) == {
+    assert set(resolve(module, by_sid["ReadAndPurgeResults"]["actions"])) == {
         "s3:GetObject", "s3:DeleteObject"
     }  # fmt: skip
     assert module.locals["result_object_arn"].endswith("${var.result_prefix}*")
     assert by_sid["WorkerServiceHealth"]["resources"] == ["${aws_ecs_service.worker.id}"]
-    assert _resolve(module, by_sid["WorkerServiceHealth"]["actions"]) == ["ecs:DescribeServices"]
+    assert resolve(module, by_sid["WorkerServiceHealth"]["actions"]) == ["ecs:DescribeServices"]
     # Health checks need GetQueueUrl/GetQueueAttributes on the queue, not only SendMessage.
     assert {"sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"} == set(
-        _resolve(module, by_sid["SendJobs"]["actions"])
+        resolve(module, by_sid["SendJobs"]["actions"])
     )
     for statement in statements:
-        assert "*" not in _resolve(module, statement["resources"]), statement
+        assert "*" not in resolve(module, statement["resources"]), statement
 
 
 def test_outputs_users_expect(module: Module) -> None:
@@ -784,7 +724,7 @@ def test_example_alarm_topic_uses_a_key_cloudwatch_may_use() -> None:
     assert topic["kms_master_key_id"] == "${aws_kms_key.alarms.arn}"
     assert "alias/aws/sns" not in (EXAMPLE / "main.tf").read_text().split("resource")[-1]
     policy = example.data["aws_iam_policy_document"]["alarms_key"]
-    (cloudwatch,) = [s for s in _statements(policy) if s["sid"] == "CloudWatchAlarmsPublish"]
+    (cloudwatch,) = [s for s in policy_statements(policy) if s["sid"] == "CloudWatchAlarmsPublish"]
     assert block(cloudwatch, "principals")["identifiers"] == ["cloudwatch.amazonaws.com"]
     assert set(cloudwatch["actions"]) == {"kms:GenerateDataKey*", "kms:Decrypt"}
 

@@ -24,11 +24,16 @@ from api_client.recovery import SweepSettings
 from jobcore.cancel_queries import cancel_job
 from jobcore.event_outbox import JobEvent, single_output
 from jobcore.jobs import JobStatus
-from tests.conftest import Aws, StartWorker
+from tests.conftest import Aws, SpawnWorker, StartWorker
 from tests.faults import FaultProxy
-from tests.helpers import contract_fields, eventually, scrape, synthetic_scene, wait_finished
-from tests.test_delivery_retries import large_photo
-from tests.test_delivery_shutdown import SpawnWorker, spawn_worker  # noqa: F401 - a fixture
+from tests.helpers import (
+    contract_fields,
+    eventually,
+    large_photo,
+    scrape,
+    synthetic_scene,
+    wait_finished,
+)
 
 
 @dataclass
@@ -123,6 +128,7 @@ async def test_the_worker_publishes_one_event_per_finished_job(
     assert metrics['image_worker_events_total{outcome="failed"}'] == 0
 
 
+@pytest.mark.slow  # a second worker start; test_no_topic_no_catch_up stays fast
 async def test_a_worker_without_a_topic_owes_no_events(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:
@@ -132,8 +138,9 @@ async def test_a_worker_without_a_topic_owes_no_events(
     assert not await event_pending(db, job.id)
 
 
+@pytest.mark.slow  # a worker process started, held on a lock and killed
 async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_the_sweep(
-    spawn_worker: SpawnWorker,  # noqa: F811 - the fixture imported above
+    spawn_worker: SpawnWorker,
     producer: JobClient,
     aws: Aws,
     db: asyncpg.Pool,
@@ -154,8 +161,10 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
         job = await producer.create_job("large.jpg", book_id="book-k")
 
         async def processing() -> bool:
-            return await db.fetchval(
-                "SELECT status = 'processing' FROM image_processing_jobs WHERE id = $1", job.id
+            return bool(
+                await db.fetchval(
+                    "SELECT status = 'processing' FROM image_processing_jobs WHERE id = $1", job.id
+                )
             )
 
         await eventually(processing, timeout=60, interval=0.05)
@@ -165,10 +174,12 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
             )
 
             async def completion_waits() -> bool:
-                return await db.fetchval(
-                    """SELECT count(*) > 0 FROM pg_stat_activity
+                return bool(
+                    await db.fetchval(
+                        """SELECT count(*) > 0 FROM pg_stat_activity
                         WHERE datname = current_database() AND wait_event_type = 'Lock'
                           AND query LIKE '%SET status = ''completed''%'"""
+                    )
                 )
 
             await eventually(completion_waits, timeout=120, interval=0.05)
@@ -176,8 +187,10 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
         # The lock is released: the completion commits; its publish hangs in the proxy.
 
         async def completed() -> bool:
-            return await db.fetchval(
-                "SELECT status = 'completed' FROM image_processing_jobs WHERE id = $1", job.id
+            return bool(
+                await db.fetchval(
+                    "SELECT status = 'completed' FROM image_processing_jobs WHERE id = $1", job.id
+                )
             )
 
         await eventually(completed, timeout=30, interval=0.02)
@@ -192,10 +205,12 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
     )
 
     async def past_grace() -> bool:
-        return await db.fetchval(
-            """SELECT completed_at < now() - interval '0.5 seconds'
+        return bool(
+            await db.fetchval(
+                """SELECT completed_at < now() - interval '0.5 seconds'
                  FROM image_processing_jobs WHERE id = $1""",
-            job.id,
+                job.id,
+            )
         )
 
     await eventually(past_grace, timeout=10)
@@ -212,6 +227,7 @@ async def test_a_worker_killed_between_completion_and_publish_is_caught_up_by_th
     assert again.events.published == []
 
 
+@pytest.mark.slow  # two workers and two sweeps
 async def test_a_refused_publish_and_an_early_cancel_are_caught_up(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool, topic: Topic
 ) -> None:

@@ -5,13 +5,10 @@ environments carry EVENTS_TOPIC_ARN, and subscribers get the topic's ARN as an o
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.test_deploy_terraform import TERRAFORM, Module, _resolve, _statements
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.terraform_module import REPO, TERRAFORM, Module, policy_statements, resolve
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +25,19 @@ def test_the_topic_is_optional_and_encrypted_with_its_own_key(module: Module) ->
     assert key["enable_key_rotation"] is True
     assert module.locals["events_count"] == "${var.events_topic_enabled ? 1 : 0}"
     policy = module.data["aws_iam_policy_document"]["events_key"]
-    (sns,) = [s for s in _statements(policy) if s["sid"] == "SnsDeliversFromTopicsOfThisAccount"]
+    (sns,) = [
+        s for s in policy_statements(policy) if s["sid"] == "SnsDeliversFromTopicsOfThisAccount"
+    ]
     assert sns["principals"][0]["identifiers"] == ["sns.amazonaws.com"]
 
 
 def test_worker_and_sweep_may_publish_to_this_topic_only(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["events_publish"]
-    statements = {s["sid"]: s for s in _statements(document)}
+    statements = {s["sid"]: s for s in policy_statements(document)}
     assert statements["PublishJobEvents"]["actions"] == ["sns:Publish"]
     assert statements["PublishJobEvents"]["resources"] == ["${aws_sns_topic.events[0].arn}"]
     assert statements["EncryptJobEvents"]["resources"] == ["${aws_kms_key.events[0].arn}"]
-    assert set(_resolve(module, statements["EncryptJobEvents"]["actions"])) == {
+    assert set(resolve(module, statements["EncryptJobEvents"]["actions"])) == {
         "kms:GenerateDataKey*",
         "kms:Decrypt",
     }
@@ -73,6 +72,6 @@ def test_both_environments_and_the_deploy_template_carry_the_topic(module: Modul
 
 def test_the_worker_may_delete_only_under_the_result_prefix(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["task"]
-    (writes,) = [s for s in _statements(document) if s["sid"] == "WriteCutouts"]
+    (writes,) = [s for s in policy_statements(document) if s["sid"] == "WriteCutouts"]
     assert set(writes["actions"]) == {"s3:PutObject", "s3:DeleteObject"}
     assert writes["resources"] == ["${local.result_object_arn}"]

@@ -69,6 +69,7 @@ async def test_a_missing_queue_and_bucket_fail_their_checks_only(
     assert "404" in checks["source_bucket"][1]
 
 
+@pytest.mark.slow  # waits out the check timeout on a hung endpoint
 async def test_a_hung_endpoint_is_a_timed_out_check_not_a_hang(database_url: str, aws: Aws) -> None:
     moto = urlsplit(aws.endpoint)
     assert moto.hostname is not None
@@ -127,6 +128,7 @@ async def test_health_command_exits_0_when_healthy(cli_env: dict[str, str]) -> N
     assert [check["name"] for check in document["checks"]] == CHECKS
 
 
+@pytest.mark.slow  # waits out the connect timeout
 async def test_health_command_with_the_database_port_closed_exits_3(
     cli_env: dict[str, str],
 ) -> None:

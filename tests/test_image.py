@@ -31,13 +31,13 @@ from tests.conftest import Aws, worker_env
 from tests.helpers import (
     eventually,
     iou,
+    large_photo,
     png_alpha,
     scrape,
     synthetic_scene,
     unused_port,
     wait_finished,
 )
-from tests.test_delivery_retries import large_photo
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "localhost/image-worker:latest"  # the tag `make image` gives it

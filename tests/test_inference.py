@@ -17,7 +17,15 @@ from PIL import Image
 
 from devstack.stack import sample_photos
 from tests.helpers import synthetic_scene
-from worker.inference import CPU, CUDA, GpuRequired, ModelRunner, RembgRunner, choose_providers
+from worker.inference import (
+    CPU,
+    CUDA,
+    GpuRequired,
+    ModelRunner,
+    RembgRunner,
+    SplitRunner,
+    choose_providers,
+)
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 from worker.watchdog import TimedThreadPool
@@ -31,12 +39,15 @@ def settings(model_home: Path, **env: str) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def runner(model_home: Path) -> ModelRunner:
-    return ModelRunner.load(settings(model_home))
+def runner(model_home: Path) -> SplitRunner:
+    loaded = ModelRunner.load(settings(model_home))
+    assert isinstance(loaded, SplitRunner)  # u2netp: the split strategy
+    return loaded
 
 
+@pytest.mark.slow  # rembg's own session loaded beside ours
 def test_split_stages_equal_rembgs_own_predict(
-    runner: ModelRunner, model_home: Path, monkeypatch: pytest.MonkeyPatch
+    runner: SplitRunner, model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("U2NET_HOME", str(model_home))
     from rembg import new_session
@@ -70,7 +81,7 @@ def test_u2net_family_never_imports_rembg_and_its_matting_stack(model_home: Path
     assert completed.stdout.strip().splitlines()[-1] == "none"
 
 
-def test_cpu_session_reports_its_provider(runner: ModelRunner) -> None:
+def test_cpu_session_reports_its_provider(runner: SplitRunner) -> None:
     assert runner.provider == CPU
     assert runner.load_seconds > 0
 
@@ -113,7 +124,8 @@ def test_fetch_keeps_a_verified_model_and_replaces_a_corrupt_one(
     assert verify_model(tmp_path, "u2netp") == tmp_path / "u2netp.onnx"
 
 
-def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: ModelRunner) -> None:
+@pytest.mark.slow  # many model runs
+def test_overlapping_runs_use_one_thread_each_with_identical_results(runner: SplitRunner) -> None:
     assert runner.overlap_session is not None  # CPU, INFERENCE_THREADS=2 by default
     image = Image.open(sample_photos()[0]).convert("RGB")
     model_input = runner.prepare(image)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import numpy as np
+import pytest
 from PIL import Image
 
 from api_client.client import JobClient
@@ -47,6 +48,7 @@ async def job_row(db: asyncpg.Pool, job_id: object) -> asyncpg.Record:
     return row
 
 
+@pytest.mark.slow  # waits out JOB_TIMEOUT_SECONDS
 async def test_a_stalled_s3_read_ends_the_job_as_a_transient_failure(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:
@@ -94,6 +96,7 @@ async def test_a_stalled_s3_read_ends_the_job_as_a_transient_failure(
     assert await aws.keys("cutouts/") == [f"cutouts/{job.id}.png"]
 
 
+@pytest.mark.slow  # waits out JOB_TIMEOUT_SECONDS
 async def test_a_model_run_that_holds_its_thread_times_out_and_fails_healthz(
     start_worker: StartWorker, producer: JobClient, aws: Aws, db: asyncpg.Pool
 ) -> None:

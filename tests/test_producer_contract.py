@@ -32,8 +32,15 @@ from api_client import (
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import Job, encode_message
 from tests.conftest import Aws, StartWorker
-from tests.helpers import capture_logs, eventually, synthetic_scene
-from tests.test_api_client import drain, insert_job, missing_queue_url, settings_for
+from tests.helpers import (
+    capture_logs,
+    drain,
+    eventually,
+    insert_job,
+    missing_queue_url,
+    settings_for,
+    synthetic_scene,
+)
 
 
 class Producer:
@@ -72,7 +79,9 @@ class Listener:
             await asyncio.to_thread(self.source.close)
 
 
-@pytest.fixture(params=["async", "sync"])
+# The whole contract on the sync client too in `make test`; the fast lane runs it on the async
+# client (test_producer_sync.py keeps the sync client's own cases fast).
+@pytest.fixture(params=["async", pytest.param("sync", marks=pytest.mark.slow)])
 def make_producer(
     request: pytest.FixtureRequest, database_url: str, aws: Aws
 ) -> Callable[..., Any]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -19,20 +17,27 @@ from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, JobCli
 from devstack.stack import drop_database, recreate_database
 from jobcore.jobs import Job, JobStatus
 from tests.conftest import Aws, StartWorker
-from tests.helpers import capture_logs, eventually, synthetic_scene, unused_port, wait_finished
-from tests.test_api_client import (
+from tests.faults import FaultProxy
+from tests.helpers import (
     RollBack,
+    capture_logs,
     client_for,
     drain,
+    eventually,
     missing_queue_url,
     settings_for,
+    synthetic_scene,
+    unused_port,
+    wait_finished,
 )
 from worker.migrate import bundled_migrations, migrate_url
 
 
 async def rows(db: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await db.fetch(
-        "SELECT id, status, error, source_key, idempotency_key FROM image_processing_jobs"
+    return list(
+        await db.fetch(
+            "SELECT id, status, error, source_key, idempotency_key FROM image_processing_jobs"
+        )
     )
 
 
@@ -275,22 +280,16 @@ async def test_the_message_goes_out_only_after_the_callers_commit(
     assert await drain(aws) == [result.job.id]
 
 
-@contextmanager
-def silent_endpoint() -> Iterator[str]:
-    """A loopback endpoint that accepts connections and never answers."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(16)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-
-
 async def test_a_crash_between_commit_and_send_leaves_a_queue_failed_row(
     database_url: str, db: asyncpg.Pool, aws: Aws, producer: JobClient
 ) -> None:
     """The process dies while the send after commit is under way (here: the task is cancelled
     while SQS does not answer). The committed row stays `queue_failed` with no error, which the
     sweeper re-sends."""
-    with silent_endpoint() as endpoint:
+    moto = urlsplit(aws.endpoint)
+    async with FaultProxy(moto.hostname or "127.0.0.1", moto.port or 80) as proxy:
+        proxy.stall()
+        endpoint = f"http://127.0.0.1:{proxy.port}"
         async with client_for(database_url, aws, aws_endpoint_url=endpoint) as stuck:
 
             async def import_book() -> None:
@@ -299,7 +298,11 @@ async def test_a_crash_between_commit_and_send_leaves_a_queue_failed_row(
 
             task = asyncio.create_task(import_book())
             committed = await eventually(lambda: rows(db), timeout=30, interval=0.05)
-            await asyncio.sleep(0.3)  # the send has started and hangs
+
+            async def send_hangs() -> bool:
+                return proxy.held_request(b"AmazonSQS.SendMessage")
+
+            await eventually(send_hangs, timeout=30, interval=0.02)
             assert not task.done()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -312,6 +315,7 @@ async def test_a_crash_between_commit_and_send_leaves_a_queue_failed_row(
     assert await drain(aws) == [row["id"]]
 
 
+@pytest.mark.slow  # a worker start; the producer contract runs a real worker fast
 async def test_an_import_in_a_transaction_is_processed_by_a_real_worker(
     db: asyncpg.Pool, aws: Aws, producer: JobClient, start_worker: StartWorker
 ) -> None:

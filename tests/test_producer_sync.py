@@ -17,13 +17,13 @@ import pytest
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, String, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import QueuePool
 
 from api_client import ClientConfigError, IdempotencyConflict, ImageCopy, NewJob
 from api_client.sync_client import SyncJobClient
 from jobcore.jobs import JobStatus, decode_message
 from tests.conftest import Aws
-from tests.helpers import capture_logs, unused_port
-from tests.test_api_client import missing_queue_url, settings_for
+from tests.helpers import capture_logs, missing_queue_url, settings_for, unused_port
 
 
 class Base(DeclarativeBase):
@@ -132,6 +132,7 @@ def test_a_client_on_a_sqlalchemy_engine(
     with SyncJobClient.connect(settings_for(database_url, aws), engine=engine, sqs=sqs) as client:
         job = client.create_job("sources/a.jpg")
     assert job.status is JobStatus.PENDING
+    assert isinstance(engine.pool, QueuePool)
     assert engine.pool.checkedout() == 0
     assert drain(sqs, aws) == [job.id]  # the given sqs client still works: not closed
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image, ImageCms, ImageDraw
 
 from api_client.client import JobClient
@@ -74,6 +75,7 @@ async def result(aws: Aws, job: Job, name: str = "image") -> tuple[Image.Image, 
     return image, record
 
 
+@pytest.mark.slow  # every output format through a worker
 async def test_background_trim_formats_sizes_and_thumbnails(
     start_worker: StartWorker, producer: JobClient, aws: Aws
 ) -> None:

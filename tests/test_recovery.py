@@ -114,6 +114,7 @@ async def delete_every_message(aws: Aws) -> int:
 # -- the whole story: an outage during an import, then nobody acts ---------------------------------
 
 
+@pytest.mark.slow  # a sweep and a worker
 async def test_rows_without_a_message_complete_with_the_scheduled_sweep_and_a_worker(
     database_url: str,
     aws: Aws,

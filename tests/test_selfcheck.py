@@ -3,27 +3,13 @@ model), then with one dependency unreachable or missing: one line per failing ch
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import Aws, worker_env
+from tests.helpers import check_lines, selfcheck
 from worker.selfcheck import EXIT_FAILED, PROBE_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def selfcheck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", "selfcheck", *args],
-        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=240,
-        check=False,
-    )  # fmt: skip
-
-
-def check_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("selfcheck:")]
 
 
 async def test_selfcheck_passes_on_a_reachable_stack(

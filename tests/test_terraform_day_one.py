@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from tests.test_deploy_terraform import (
+from tests.terraform_module import (
     DEPLOY_TEMPLATES,
     EXAMPLE,
     REPO,
     TERRAFORM,
     Module,
-    _statements,
     block,
     blocks,
+    policy_statements,
 )
 
 
@@ -169,7 +169,7 @@ def deploy_aws_calls() -> set[str]:
 
 def test_deployer_policy_covers_what_deploy_py_calls(module: Module) -> None:
     document = module.data["aws_iam_policy_document"]["deployer"]
-    statements = {s["sid"]: s for s in _statements(document)}
+    statements = {s["sid"]: s for s in policy_statements(document)}
     granted = {a for s in statements.values() for a in s["actions"]}
     needed = deploy_aws_calls()
     assert needed <= granted, f"deployer policy lacks {sorted(needed - granted)}"
@@ -259,7 +259,9 @@ def test_every_alarm_notifies_the_topic_or_the_given_actions(module: Module) -> 
     assert topic["count"] == "${var.alarm_actions == null ? 1 : 0}"
     assert topic["kms_master_key_id"] == "${aws_kms_key.this.arn}"
     key_policy = module.data["aws_iam_policy_document"]["logs_key"]
-    (cloudwatch,) = [s for s in _statements(key_policy) if s["sid"] == "CloudWatchAlarmsPublish"]
+    (cloudwatch,) = [
+        s for s in policy_statements(key_policy) if s["sid"] == "CloudWatchAlarmsPublish"
+    ]
     assert block(cloudwatch, "principals")["identifiers"] == ["cloudwatch.amazonaws.com"]
     dlq = module.resource("aws_cloudwatch_metric_alarm", "dlq_depth")
     conditions = [p["condition"] for p in blocks(block(dlq, "lifecycle"), "precondition")]

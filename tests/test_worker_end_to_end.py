@@ -62,8 +62,11 @@ async def test_sample_photos_and_synthetic_scene_end_to_end(
         if name == "scene.jpg":
             assert iou(alpha, truth) >= 0.9
 
-    seconds = [(finished[j.id].completed_at - finished[j.id].started_at).total_seconds()
-               for j in jobs.values()]  # fmt: skip
+    seconds = []
+    for done in finished.values():
+        assert done.completed_at is not None
+        assert done.started_at is not None
+        seconds.append((done.completed_at - done.started_at).total_seconds())
     with capsys.disabled():
         print(f"\nper-image time (claim to complete), {len(seconds)} images: "
               f"mean {np.mean(seconds):.3f}s, max {np.max(seconds):.3f}s")  # fmt: skip
