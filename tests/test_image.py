@@ -181,6 +181,7 @@ async def start_container(
             "INFERENCE_THREADS": "2",
             "LOG_LEVEL": "info",
             "MAX_ATTEMPTS": "5",
+            "EVENTS_TOPIC_ARN": "",  # events off, as Terraform renders it without a topic
         }
         environment = {
             **task_environment(values),

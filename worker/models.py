@@ -22,7 +22,7 @@ import structlog
 
 from worker.batching import MicroBatcher
 from worker.errors import JobFailed, permanent
-from worker.inference import ModelRunner
+from worker.inference import GpuRequired, ModelRunner
 from worker.metrics import WorkerMetrics
 from worker.settings import Settings
 from worker.watchdog import TimedThreadPool
@@ -114,6 +114,8 @@ class ModelRegistry:
         try:
             loop = asyncio.get_running_loop()
             runner = await loop.run_in_executor(self.executor, self._load, name)
+        except GpuRequired:
+            raise  # this worker cannot run any model (REQUIRE_GPU): not one model's fault
         except ModelUnavailable as exc:
             raise self._unavailable(name, str(exc)) from None
         finally:
