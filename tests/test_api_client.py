@@ -231,7 +231,16 @@ async def test_get_wait_and_list_jobs(db: asyncpg.Pool, producer: JobClient) -> 
     assert waited.value.job.status is JobStatus.PENDING
 
     async def finish_later() -> None:
-        await asyncio.sleep(0.3)
+        # Once the wait is listening (its LISTEN connection is open), not after a guessed pause.
+        async def listening() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+                )
+            )
+
+        await eventually(listening, timeout=10, interval=0.02)
         await db.execute(
             """UPDATE image_processing_jobs SET status = 'failed', error = 'broken'
                 WHERE id = $1""",
