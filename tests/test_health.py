@@ -8,34 +8,18 @@ import asyncio
 import json
 import os
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from api_client.client import ClientSettings, JobClient
+from api_client.client import JobClient
 from api_client.health import HealthReport
+from tests.cli_runs import SCRIPT
 from tests.conftest import Aws
 from tests.faults import FaultProxy
-from tests.helpers import unused_port
+from tests.helpers import settings_for, unused_port
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / ".venv" / "bin" / "image-jobs"
 CHECKS = ["database", "queue", "dlq", "source_bucket", "pending"]
-
-
-def settings_for(database_url: str, aws: Aws, **changes: object) -> ClientSettings:
-    values: dict[str, object] = {
-        "database_url": database_url,
-        "queue_url": aws.queue_url,
-        "source_bucket": aws.bucket,
-        "aws_region": "us-east-1",
-        "aws_endpoint_url": aws.endpoint,
-        "aws_max_attempts": 1,
-        "connect_timeout": 2.0,
-    }
-    values.update(changes)
-    return ClientSettings(**values)  # type: ignore[arg-type]
 
 
 def by_name(report: HealthReport) -> dict[str, tuple[bool, str]]:
